@@ -1,0 +1,179 @@
+"""The ``avatar`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from inference.errors import AvatarError, InputError
+from inference.types import GENDERS, Subject
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avatar", description="Photo → 3D body avatar.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("create", help="turn one full-body photo into an avatar")
+    c.add_argument("photo", type=Path)
+    c.add_argument("--height", type=float, required=True, help="height in cm (50-250)")
+    c.add_argument("--weight", type=float, default=None, help="weight in kg (20-300), optional")
+    c.add_argument("--gender", default="other", help=f"one of {', '.join(GENDERS)}")
+    c.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
+    c.add_argument("--device", default="auto", help="auto | cpu | cuda:N")
+    c.add_argument("--body-model", default="auto", help="auto | smpl | anny")
+    c.add_argument("--weights-dir", type=Path, default=None)
+    c.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+
+    m = sub.add_parser("measure", help="measurements of an existing avatar mesh (OBJ)")
+    m.add_argument("mesh", type=Path, help="an OBJ written by avatar create (body_apose.obj)")
+    m.add_argument("--body-model", required=True, choices=("anny", "smpl"))
+    m.add_argument("--weights-dir", type=Path, default=None)
+    m.add_argument("--json", action="store_true")
+
+    w = sub.add_parser("weights", help="place or verify model weights")
+    wsub = w.add_subparsers(dest="weights_command", required=True)
+    for name, text in (("fetch", "place the weights that can be had offline"),
+                       ("check", "verify every weight file (sha256)")):
+        x = wsub.add_parser(name, help=text)
+        x.add_argument("--weights-dir", type=Path, default=None)
+    cs = wsub.add_parser("convert-smpl", help="convert the official SMPL pickles (licensed) once")
+    cs.add_argument("source", type=Path, help="folder with the downloaded SMPL .pkl files")
+    cs.add_argument("--weights-dir", type=Path, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    as_json = getattr(args, "json", False)
+    try:
+        if args.command == "create":
+            return _create(args)
+        if args.command == "measure":
+            return _measure(args)
+        if args.command == "weights":
+            return _weights(args)
+    except AvatarError as exc:
+        if as_json:
+            print(json.dumps({"status": "error", "error": {"code": exc.code, "message": str(exc)}}))
+        else:
+            print(f"avatar: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+def _weights_dir(args) -> Path:
+    from inference.weights import default_weights_dir
+
+    return args.weights_dir or default_weights_dir()
+
+
+def _create(args) -> int:
+    from inference.pipeline import Job, Pipeline, PipelineConfig
+
+    subject = Subject(height_cm=args.height, gender=args.gender, weight_kg=args.weight).validate()
+    if not args.photo.is_file():
+        raise InputError(f"photo not found: {args.photo}", "photo_not_found")
+    say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    pipe = Pipeline(PipelineConfig(device=args.device, body_model=args.body_model,
+                                   weights_dir=_weights_dir(args)), log=say)
+    try:
+        t0 = time.perf_counter()
+        res = pipe.run(Job(args.photo, subject, args.out))
+        wall = (time.perf_counter() - t0) * 1000.0
+    finally:
+        pipe.close()
+    if args.json:
+        print(json.dumps({
+            "status": "ok", "out_dir": str(res.out_dir), "body_model": res.body_model,
+            "device": pipe.device, "models": pipe.models,
+            "files": {k: str(v) for k, v in res.files.items()},
+            "measurements": res.measurements,
+            "timings_ms": {"stages": res.timings_ms, "total": res.total_ms,
+                           "models_load": round(pipe.load_ms, 1)},
+            "fit": res.fit,
+        }, indent=2))
+        return 0
+    print(f"\nmodels loaded in {pipe.load_ms / 1000:.1f} s; run took {wall / 1000:.2f} s")
+    print(_table(["stage", "ms"], [[k, f"{v:.0f}"] for k, v in res.timings_ms.items()]
+                 + [["total", f"{res.total_ms:.0f}"]]))
+    print()
+    print(_table(["measurement", "cm"], [[k, f"{v:.1f}"] for k, v in res.measurements.items()]))
+    print(f"\nbody mass from volume: {res.fit['mass_kg']:.1f} kg · scale {res.fit['scale']:.3f}")
+    print(f"wrote {len(res.files)} files to {res.out_dir}")
+    return 0
+
+
+def _measure(args) -> int:
+    import torch
+
+    from inference.stages.export import read_obj_vertices
+    from inference.stages.measure import measure
+
+    if not args.mesh.is_file():
+        raise InputError(f"mesh not found: {args.mesh}", "mesh_not_found")
+    try:
+        verts, faces = read_obj_vertices(args.mesh)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{args.mesh} is not a readable OBJ mesh ({exc})", "invalid_mesh") from exc
+    body = _load_body(args.body_model, _weights_dir(args))
+    n = int(body.faces.max()) + 1
+    if len(verts) != n:
+        raise InputError(f"{args.mesh} has {len(verts)} vertices; a {args.body_model} mesh has {n} "
+                         "(measure a mesh written by `avatar create`)", "invalid_mesh")
+    kp = body.keypoints_from_vertices(torch.as_tensor(verts[None], dtype=body.dtype))[0].numpy()
+    result = measure(verts, body.faces, kp)
+    if args.json:
+        print(json.dumps({"status": "ok", "mesh": str(args.mesh), "measurements": result}, indent=2))
+    else:
+        print(_table(["measurement", "cm"], [[k, f"{v:.1f}"] for k, v in result.items()]))
+    return 0
+
+
+def _load_body(name: str, wdir: Path):
+    from inference import weights as W
+
+    if name == "anny":
+        from inference.bodies.anny_body import AnnyBody
+
+        return AnnyBody()
+    from inference.bodies.smpl_body import SmplBody
+
+    gender = next((g for g in ("other", "male", "female") if W.smpl_available(wdir, g)), "other")
+    return SmplBody(W.smpl_dir(wdir), gender=gender)
+
+
+def _weights(args) -> int:
+    from inference import weights as W
+
+    wdir = _weights_dir(args)
+    if args.weights_command == "fetch":
+        W.fetch(wdir)
+        return _weights_report(W.check(wdir))
+    if args.weights_command == "check":
+        return _weights_report(W.check(wdir))
+    from inference.bodies.smpl_convert import convert_smpl_dir
+
+    try:
+        written = convert_smpl_dir(args.source, W.smpl_dir(wdir))
+    except (ValueError, FileNotFoundError) as exc:
+        raise InputError(str(exc), "invalid_smpl") from exc
+    for path in written:
+        print(f"wrote {path} (sha256 {W.sha256_of(path)})")
+    return 0
+
+
+def _weights_report(rows) -> int:
+    print(_table(["weight", "ok", "detail"], [[n, "yes" if ok else "NO", d] for n, ok, d in rows]))
+    return 0 if all(ok for _, ok, _ in rows) else 3
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per pipeline stage: load, detect, segment, fit, export, measure, render."""

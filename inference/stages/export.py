@@ -1,0 +1,100 @@
+"""Stage 5, export: meshes, texture, parameters and keypoints as files.
+
+OBJ files keep the body model's vertex order (``v`` lines in model order, UVs as separate
+``vt`` lines), so ``avatar measure`` and anyone holding the model can regress landmarks from
+them. The GLB is the textured avatar in the A-pose (what viewers and engines expect); glTF is
+Y-up in metres, like our body frame.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import trimesh
+from PIL import Image
+
+from inference.types import COCO_KEYPOINTS
+
+
+def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray,
+              uv: np.ndarray | None = None, face_uv: np.ndarray | None = None,
+              mtl: str | None = None) -> None:
+    buf = io.StringIO()
+    buf.write("# avatar body mesh: metres, +Y up, facing +Z; vertex order = body model order\n")
+    if mtl:
+        buf.write(f"mtllib {mtl}\n")
+    np.savetxt(buf, vertices, fmt="v %.6f %.6f %.6f")
+    if uv is not None and face_uv is not None:
+        np.savetxt(buf, uv, fmt="vt %.6f %.6f")
+        f = np.concatenate([faces[:, :, None] + 1, face_uv[:, :, None] + 1], axis=2).reshape(-1, 6)
+        np.savetxt(buf, f, fmt="f %d/%d %d/%d %d/%d")
+    else:
+        np.savetxt(buf, faces + 1, fmt="f %d %d %d")
+    path.write_text(buf.getvalue())
+
+
+def read_obj_vertices(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(V, 3) vertices and (F, 3) triangles of an OBJ, in file order (no re-indexing)."""
+    verts, faces = [], []
+    with open(path) as fh:
+        for line in fh:
+            if line.startswith("v "):
+                verts.append([float(x) for x in line.split()[1:4]])
+            elif line.startswith("f "):
+                idx = [int(tok.split("/")[0]) for tok in line.split()[1:]]
+                idx = [i - 1 if i > 0 else len(verts) + i for i in idx]
+                for k in range(1, len(idx) - 1):  # fan-triangulate polygons
+                    faces.append([idx[0], idx[k], idx[k + 1]])
+    if not verts or not faces:
+        raise ValueError(f"{path} holds no mesh (no 'v' or 'f' lines)")
+    return np.asarray(verts, np.float64), np.asarray(faces, np.int64)
+
+
+def textured_trimesh(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray,
+                     face_uv: np.ndarray, texture: np.ndarray) -> trimesh.Trimesh:
+    """A trimesh with one vertex per (position, uv) corner, as glTF needs."""
+    corners = np.stack([faces.reshape(-1), face_uv.reshape(-1)], axis=1)
+    unique, inverse = np.unique(corners, axis=0, return_inverse=True)
+    material = trimesh.visual.material.PBRMaterial(
+        baseColorTexture=Image.fromarray(texture), metallicFactor=0.0, roughnessFactor=0.9,
+    )
+    visual = trimesh.visual.TextureVisuals(uv=uv[unique[:, 1]], material=material)
+    return trimesh.Trimesh(vertices=vertices[unique[:, 0]], faces=inverse.reshape(-1, 3),
+                           visual=visual, process=False)
+
+
+def write_glb(path: Path, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray,
+              face_uv: np.ndarray, texture: np.ndarray) -> None:
+    mesh = textured_trimesh(vertices, faces, uv, face_uv, texture)
+    path.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene(mesh)))
+
+
+def write_keypoints(path: Path, detected: np.ndarray, fitted_2d: np.ndarray,
+                    fitted_3d: np.ndarray, box: np.ndarray, score: float,
+                    image_size: tuple[int, int]) -> None:
+    doc = {
+        "format": "coco17",
+        "image_size": {"width": int(image_size[0]), "height": int(image_size[1])},
+        "person": {"box_xyxy": [round(float(x), 2) for x in box], "score": round(float(score), 4)},
+        "keypoints": [
+            {
+                "name": name,
+                "detected": {"x": round(float(d[0]), 2), "y": round(float(d[1]), 2),
+                             "confidence": round(float(d[2]), 4)},
+                "fitted_2d": {"x": round(float(f[0]), 2), "y": round(float(f[1]), 2)},
+                "fitted_3d_m": [round(float(x), 5) for x in p],
+            }
+            for name, d, f, p in zip(COCO_KEYPOINTS, detected, fitted_2d, fitted_3d)
+        ],
+    }
+    path.write_text(json.dumps(doc, indent=2))
+
+
+def write_json(path: Path, doc: dict) -> None:
+    path.write_text(json.dumps(doc, indent=2, sort_keys=False))
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    Image.fromarray(image).save(path, optimize=False, compress_level=3)

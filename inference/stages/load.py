@@ -1,0 +1,87 @@
+"""Stage 1, load: decode an untrusted photo into RGB pixels we can trust.
+
+Only JPEG, PNG and WebP are accepted; the pixel count is checked *before* decoding (a
+decompression bomb never reaches memory); EXIF orientation is applied so the person stands
+upright as the phone showed them; big photos are downscaled to a working size.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from inference.errors import InputError
+from inference.types import Photo
+
+ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP"}
+DEFAULT_MAX_PIXELS = 50_000_000  # refuse above this (a 50 MP photo is already generous)
+DEFAULT_WORK_SIZE = 1280  # longest side the pipeline works at
+MIN_SIDE = 64
+_EXIF_IFD = 0x8769
+_FOCAL_35MM = 0xA405
+
+
+def load_photo(
+    source: str | Path | bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    work_size: int = DEFAULT_WORK_SIZE,
+) -> Photo:
+    """Decode ``source`` (a path or the file's bytes) → :class:`Photo` at working resolution."""
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"photo not found: {path}", "photo_not_found")
+        data = path.read_bytes()
+    if not data:
+        raise InputError(f"{name} is empty", "invalid_image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format
+            width, height = img.size
+            if fmt not in ALLOWED_FORMATS:
+                raise InputError(
+                    f"{name} is a {fmt or 'unknown'} image; send a JPEG, PNG or WebP photo",
+                    "unsupported_image_type",
+                )
+            if width * height > max_pixels:
+                raise InputError(
+                    f"{name} has {width}x{height} = {width * height / 1e6:.1f} MP, over the "
+                    f"{max_pixels / 1e6:.0f} MP limit; send a smaller photo",
+                    "image_too_large",
+                )
+            if min(width, height) < MIN_SIDE:
+                raise InputError(
+                    f"{name} is only {width}x{height} pixels; a full-body photo needs more",
+                    "image_too_small",
+                )
+            focal = _focal_35mm(img)
+            img = ImageOps.exif_transpose(img)
+            img = img.convert("RGB")
+            img.load()
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise InputError(f"{name} is not a readable image ({exc})", "invalid_image") from exc
+    scale = work_size / max(img.size)
+    if scale < 1.0:
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+    return Photo(image=np.asarray(img, dtype=np.uint8).copy(), focal_35mm=focal, source=name)
+
+
+def _focal_35mm(img: Image.Image) -> float | None:
+    try:
+        value = img.getexif().get_ifd(_EXIF_IFD).get(_FOCAL_35MM)
+        value = float(value) if value else None
+    except Exception:  # malformed EXIF is common and never fatal
+        return None
+    return value if value and 8.0 <= value <= 600.0 else None

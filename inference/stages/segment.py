@@ -1,0 +1,113 @@
+"""Stage 3, segment: the subject's silhouette (H, W) bool.
+
+With a YOLO segmentation weight (``weights/*-seg.pt``) the person mask that best overlaps the
+subject's box is used. Without one, OpenCV GrabCut runs on a crop around the subject, seeded by
+the box (outside = background) and the skeleton drawn from the keypoints (= surely person), so a
+fresh install works with no extra weights.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from inference.types import Detection
+
+SKELETON = (
+    (5, 6), (5, 7), (7, 9), (6, 8), (8, 10), (5, 11), (6, 12), (11, 12),
+    (11, 13), (13, 15), (12, 14), (14, 16), (0, 5), (0, 6),
+)
+GRABCUT_SIDE = 360  # GrabCut works on a crop scaled to this longest side (speed)
+GRABCUT_ITERS = 4
+
+
+class Segmenter:
+    def __init__(self, seg_weights: Path | None = None, device: str = "cpu"):
+        self.model = None
+        self.device = device
+        self.name = "grabcut"
+        if seg_weights is not None:
+            from inference.compat import ensure_torchvision_nms
+
+            ensure_torchvision_nms()
+            from ultralytics import YOLO
+
+            self.model = YOLO(str(seg_weights), task="segment")
+            self.name = Path(seg_weights).stem
+
+    def segment(self, image: np.ndarray, subject: Detection) -> np.ndarray:
+        if self.model is not None:
+            mask = self._yolo(image, subject)
+            if mask is not None:
+                return mask
+        return grabcut_person(image, subject)
+
+    def _yolo(self, image: np.ndarray, subject: Detection) -> np.ndarray | None:
+        res = self.model.predict(np.ascontiguousarray(image[:, :, ::-1]), verbose=False,
+                                 device=self.device, classes=[0], retina_masks=True)[0]
+        if res.masks is None or not len(res.masks):
+            return None
+        masks = res.masks.data.cpu().numpy() > 0.5
+        x1, y1, x2, y2 = subject.box.astype(int)
+        box = np.zeros(image.shape[:2], bool)
+        box[max(y1, 0):y2, max(x1, 0):x2] = True
+        iou = [(m & box).sum() / max((m | box).sum(), 1) for m in masks]
+        return masks[int(np.argmax(iou))]
+
+
+def grabcut_person(image: np.ndarray, subject: Detection) -> np.ndarray:
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = subject.box
+    pad_x, pad_y = 0.12 * (x2 - x1), 0.06 * (y2 - y1)
+    cx1, cy1 = int(max(0, x1 - pad_x)), int(max(0, y1 - pad_y))
+    cx2, cy2 = int(min(w, x2 + pad_x)), int(min(h, y2 + pad_y))
+    crop = image[cy1:cy2, cx1:cx2]
+    s = min(1.0, GRABCUT_SIDE / max(crop.shape[:2]))
+    small = cv2.resize(crop, (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))),
+                       interpolation=cv2.INTER_AREA)
+    sh, sw = small.shape[:2]
+    mask = np.full((sh, sw), cv2.GC_BGD, np.uint8)
+    bx1, by1 = round((x1 - cx1) * s), round((y1 - cy1) * s)
+    bx2, by2 = round((x2 - cx1) * s), round((y2 - cy1) * s)
+    mask[max(by1, 0):by2, max(bx1, 0):bx2] = cv2.GC_PR_BGD
+    kp = subject.keypoints.copy()
+    kp[:, 0] = (kp[:, 0] - cx1) * s
+    kp[:, 1] = (kp[:, 1] - cy1) * s
+    body_w = max(bx2 - bx1, 1)
+    # a fat skeleton = probably person, a thin one = surely person
+    _draw_skeleton(mask, kp, max(2, int(0.16 * body_w)), cv2.GC_PR_FGD)
+    _draw_skeleton(mask, kp, max(1, int(0.035 * body_w)), cv2.GC_FGD)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)
+    try:
+        cv2.grabCut(np.ascontiguousarray(small[:, :, ::-1]), mask, None, bgd, fgd, GRABCUT_ITERS,
+                    cv2.GC_INIT_WITH_MASK)
+    except cv2.error:
+        pass  # degenerate colour models: keep the seeded mask
+    fg = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    fg = _largest_component(fg)
+    fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    full = np.zeros((h, w), np.uint8)
+    up = cv2.resize(fg * 255, (cx2 - cx1, cy2 - cy1), interpolation=cv2.INTER_LINEAR)
+    full[cy1:cy2, cx1:cx2] = up
+    return full > 127
+
+
+def _draw_skeleton(mask: np.ndarray, kp: np.ndarray, thickness: int, value: int) -> None:
+    for a, b in SKELETON:
+        if kp[a, 2] >= 0.3 and kp[b, 2] >= 0.3:
+            pa = (int(round(kp[a, 0])), int(round(kp[a, 1])))
+            pb = (int(round(kp[b, 0])), int(round(kp[b, 1])))
+            cv2.line(mask, pa, pb, value, thickness)
+    torso = [i for i in (5, 6, 12, 11) if kp[i, 2] >= 0.3]
+    if len(torso) == 4:
+        cv2.fillConvexPoly(mask, np.round(kp[torso, :2]).astype(np.int32), value)
+
+
+def _largest_component(fg: np.ndarray) -> np.ndarray:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    if n <= 1:
+        return fg
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return (labels == best).astype(np.uint8)
