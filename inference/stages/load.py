@@ -41,6 +41,12 @@ def load_photo(
         data = path.read_bytes()
     if not data:
         raise InputError(f"{name} is empty", "invalid_image")
+    kind = _sniff(data)
+    if kind is None:
+        raise InputError(f"{name} is not a readable image (not JPEG, PNG or WebP data)", "invalid_image")
+    if kind not in ALLOWED_FORMATS:
+        raise InputError(f"{name} is a {kind} image; send a JPEG, PNG or WebP photo",
+                         "unsupported_image_type")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -70,12 +76,32 @@ def load_photo(
     except InputError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+            Image.DecompressionBombWarning, ImportError) as exc:
+        # ImportError: Ultralytics patches Image.open to try HEIF plugins on unknown data
         raise InputError(f"{name} is not a readable image ({exc})", "invalid_image") from exc
     scale = work_size / max(img.size)
     if scale < 1.0:
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
     return Photo(image=np.asarray(img, dtype=np.uint8).copy(), focal_35mm=focal, source=name)
+
+
+def _sniff(data: bytes) -> str | None:
+    """The image format by its magic bytes, checked before any decoder sees the data."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:2] == b"BM":
+        return "BMP"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if data[4:8] == b"ftyp":
+        return "HEIF/AVIF"
+    return None
 
 
 def _focal_35mm(img: Image.Image) -> float | None:

@@ -1,0 +1,85 @@
+"""The ``avatar`` command as a user runs it: exit codes, messages, nothing half-written."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def avatar(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "inference.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--height", "300", "--gender", "male"], "height 300.0 cm is outside 50-250 cm"),
+    (["--height", "170", "--weight", "5", "--gender", "male"], "weight 5.0 kg is outside"),
+    (["--height", "170", "--gender", "robot"], "gender 'robot' is not one of"),
+])
+def test_bad_numbers_exit_2_with_a_message(bus_jpg, tmp_path, flags, needle):
+    out = tmp_path / "out"
+    r = avatar("create", bus_jpg, *flags, "--out", out)
+    assert r.returncode == 2 and needle in r.stderr
+    assert not out.exists()
+
+
+def test_not_an_image(tmp_path):
+    bad = tmp_path / "photo.jpg"
+    bad.write_bytes(b"\x00" * 1000)
+    r = avatar("create", bad, "--height", "170", "--out", tmp_path / "out")
+    assert r.returncode == 2 and "not a readable image" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_weights_name_the_fix(bus_jpg, tmp_path):
+    r = avatar("create", bus_jpg, "--height", "170", "--out", tmp_path / "out",
+               "--weights-dir", tmp_path / "empty")
+    assert r.returncode == 3 and "avatar weights fetch" in r.stderr
+
+
+def test_smpl_without_files_names_the_fix(bus_jpg, tmp_path):
+    r = avatar("create", bus_jpg, "--height", "170", "--out", tmp_path / "out",
+               "--body-model", "smpl", "--weights-dir", tmp_path / "empty")
+    assert r.returncode == 3 and "convert-smpl" in r.stderr
+
+
+def test_truncated_body_json_error(zidane_jpg, tmp_path):
+    r = avatar("create", zidane_jpg, "--height", "175", "--gender", "male", "--out", tmp_path / "out", "--json")
+    assert r.returncode == 2
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "error" and doc["error"]["code"] == "body_truncated"
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_check_passes_after_fetch(weights_dir):
+    r = avatar("weights", "check", "--weights-dir", weights_dir)
+    assert r.returncode == 0, r.stdout
+    assert "yolo11n-pose.pt" in r.stdout and "869e83fc" in r.stdout
+
+
+def test_weights_check_fails_on_a_corrupt_file(tmp_path, weights_dir):
+    (tmp_path / "yolo11n-pose.pt").write_bytes(b"garbage")
+    r = avatar("weights", "check", "--weights-dir", tmp_path)
+    assert r.returncode == 3 and "MISMATCH" in r.stdout
+
+
+@pytest.mark.slow
+def test_create_json_then_measure_agrees(bus_jpg, tmp_path):
+    out = tmp_path / "out"
+    r = avatar("create", bus_jpg, "--height", "180", "--weight", "75", "--gender", "male",
+               "--out", out, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "ok" and doc["body_model"] == "anny"
+    assert set(doc["timings_ms"]["stages"]) == {"load", "detect", "segment", "fit", "export",
+                                                 "measure", "render"}
+    m = avatar("measure", out / "body_apose.obj", "--body-model", "anny", "--json")
+    assert m.returncode == 0, m.stderr
+    assert json.loads(m.stdout)["measurements"] == doc["measurements"]
+
+
+def test_measure_refuses_a_foreign_mesh(tmp_path):
+    obj = tmp_path / "cube.obj"
+    obj.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    r = avatar("measure", obj, "--body-model", "anny")
+    assert r.returncode == 2 and "13718" in r.stderr
