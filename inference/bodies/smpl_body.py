@@ -53,7 +53,13 @@ COCO_SOURCES = (
 
 def load_smpl(path: Path, gender: str, device: torch.device):
     """Build ``smplx.SMPL`` from one pickle; a missing/unusable file becomes MissingWeightError."""
-    import smplx
+    try:
+        import smplx
+    except ImportError as exc:  # optional: smplx's own licence is non-commercial
+        raise MissingWeightError(
+            "the SMPL body model needs the smplx package (non-commercial licence): "
+            "pip install -c constraints.txt 'avatar-service[smpl]', or use --body-model anny"
+        ) from exc
 
     if not path.is_file():
         raise MissingWeightError(f"SMPL model file {path} is missing. {CONVERT_HINT}")
