@@ -32,6 +32,17 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--weights-dir", type=Path, default=None)
     m.add_argument("--json", action="store_true")
 
+    e = sub.add_parser("eval", help="measurement accuracy on synthetic ground truth")
+    esub = e.add_subparsers(dest="eval_command", required=True)
+    ms = esub.add_parser("make-set", help="render bodies of known shape with their truth")
+    ms.add_argument("out_dir", type=Path)
+    ms.add_argument("--n", type=int, default=24)
+    ms.add_argument("--seed", type=int, default=0)
+    er = esub.add_parser("run", help="run the pipeline on a set and report errors")
+    er.add_argument("set_dir", type=Path)
+    er.add_argument("--device", default="auto")
+    er.add_argument("--json", dest="json_out", type=Path, default=None, help="also write the report here")
+
     w = sub.add_parser("weights", help="place or verify model weights")
     wsub = w.add_subparsers(dest="weights_command", required=True)
     for name, text in (("fetch", "place the weights that can be had offline"),
@@ -54,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             return _measure(args)
         if args.command == "weights":
             return _weights(args)
+        if args.command == "eval":
+            return _eval(args)
     except AvatarError as exc:
         if as_json:
             print(json.dumps({"status": "error", "error": {"code": exc.code, "message": str(exc)}}))
@@ -162,6 +175,22 @@ def _weights(args) -> int:
     for path in written:
         print(f"wrote {path} (sha256 {W.sha256_of(path)})")
     return 0
+
+
+def _eval(args) -> int:
+    from inference import evaluation
+
+    if args.eval_command == "make-set":
+        if args.n < 1:
+            raise InputError("--n must be at least 1", "invalid_argument")
+        cases = evaluation.make_set(args.out_dir, n=args.n, seed=args.seed)
+        print(f"wrote {len(cases)} cases to {args.out_dir}")
+        return 0
+    report = evaluation.run_eval(args.set_dir, device=args.device)
+    print(evaluation.format_report(report))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=2))
+    return 0 if report["rows"]["pipeline"]["failed"] == 0 else 1
 
 
 def _weights_report(rows) -> int:

