@@ -45,11 +45,11 @@ LIMB_LIMITS = {
 class FitConfig:
     iterations: int = 120
     lr: float = 0.03
-    w_keypoints: float = 1.0
+    w_keypoints: float = 0.3
     w_inside: float = 0.5
     w_cover: float = 0.5
     w_mass: float = 3.0
-    w_shape: float = 0.02
+    w_shape: float = 0.1
     w_pose: float = 0.002
     w_limits: float = 1.0
     use_photo: bool = True  # False: the photo-free baseline (height, weight, gender only)
