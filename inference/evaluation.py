@@ -106,7 +106,7 @@ def run_eval(set_dir: Path, device: str = "auto", log=print) -> dict:
     if not cases:
         raise AvatarError(f"{set_dir} holds no case_*/truth.json: make one with `avatar eval make-set`")
     pipe = Pipeline(PipelineConfig(device=device, body_model="anny"), log=log)
-    body = pipe._body_for("other")
+    body = pipe.body_for("other")
     baseline_fitter = Fitter(body, FitConfig(use_photo=False))
     rows = {k: Row(k) for k in ("pipeline", "pipeline, inputs off by ±2 cm/±5 kg", "baseline (no photo)")}
     per_case = []

@@ -124,7 +124,7 @@ class Pipeline:
             "torch": torch.__version__,
         }
         if self.body_model == "anny":
-            self._body_for("other")  # one Anny serves every gender: load it now
+            self.body_for("other")  # one Anny serves every gender: load it now
         from inference.stages.render import Renderer
 
         self.renderer = Renderer(self.device)
@@ -148,7 +148,7 @@ class Pipeline:
                 "`avatar weights convert-smpl DOWNLOADED_DIR`, or use --body-model anny")
         return wanted
 
-    def _body_for(self, gender: str) -> BodyModel:
+    def body_for(self, gender: str) -> BodyModel:
         if self.body_model == "anny":
             if "anny" not in self._bodies:
                 from inference.bodies.anny_body import AnnyBody
@@ -245,7 +245,7 @@ class Pipeline:
                           for p, s in zip(state["photos"], state["subjects"])]
 
     def _stage_fit(self, jobs, staging, state):
-        bodies = [self._body_for(j.subject.gender) for j in jobs]
+        bodies = [self.body_for(j.subject.gender) for j in jobs]
         fits: list[FitResult | None] = [None] * len(jobs)
         groups: dict[int, list[int]] = {}
         for i, b in enumerate(bodies):

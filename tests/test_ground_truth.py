@@ -24,7 +24,7 @@ BODIES = {
 
 @pytest.fixture(scope="module")
 def anny_body(pipeline):
-    return pipeline._body_for("other")
+    return pipeline.body_for("other")
 
 
 @pytest.mark.parametrize("name", sorted(BODIES))
