@@ -53,6 +53,11 @@ class Subject:
         return self
 
 
+def focal_px_from_35mm(focal_35mm: float, width: int, height: int) -> float:
+    """35 mm-equivalent focal length → pixels (the 36×24 mm frame's 43.27 mm diagonal)."""
+    return float(focal_35mm) * float(np.hypot(width, height)) / float(np.hypot(36.0, 24.0))
+
+
 @dataclass
 class Camera:
     """Pinhole camera; ``R``, ``t`` map body-frame points into the OpenCV camera frame."""

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from inference.bodies.base import LIMB, LIMBS, BodyModel, rotvec_to_matrix
-from inference.types import Camera, Subject
+from inference.types import Camera, Subject, focal_px_from_35mm
 
 DENSITY = 985.0  # kg/m³, whole human body (with lungs); literature 985-1010
 DEFAULT_FOCAL_35MM = 50.0
@@ -82,9 +82,8 @@ class FitResult:
 
 
 def intrinsics(width: int, height: int, focal_35mm: float | None) -> tuple[float, float, float]:
-    """(f_px, cx, cy): a 35 mm-equivalent focal relates to the 43.27 mm full-frame diagonal."""
-    f35 = focal_35mm or DEFAULT_FOCAL_35MM
-    return f35 * math.hypot(width, height) / 43.27, width / 2.0, height / 2.0
+    """(f_px, cx, cy) from the EXIF 35 mm-equivalent focal, or a 50 mm default."""
+    return focal_px_from_35mm(focal_35mm or DEFAULT_FOCAL_35MM, width, height), width / 2.0, height / 2.0
 
 
 def mesh_volume(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:

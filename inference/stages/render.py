@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from inference.types import Camera
+from inference.types import Camera, focal_px_from_35mm  # noqa: F401 (re-exported)
 
 RGB = Sequence[float]
 
@@ -106,11 +106,6 @@ def split_by_uv(faces: np.ndarray, face_uv: np.ndarray) -> tuple[np.ndarray, np.
     while len(_SPLIT_CACHE) > 8:
         _SPLIT_CACHE.popitem(last=False)
     return out
-
-
-def focal_px_from_35mm(focal_35mm: float, width: int, height: int) -> float:
-    """35 mm-equivalent focal length → pixels (matching the 43.27 mm full-frame diagonal)."""
-    return float(focal_35mm) * float(np.hypot(width, height)) / float(np.hypot(36.0, 24.0))
 
 
 def scale_camera(camera: Camera, s: float) -> Camera:
