@@ -124,7 +124,7 @@ class Fitter:
         self.config = config or FitConfig()
         self.faces = torch.as_tensor(body.faces, device=body.device)
         # a fixed subset of vertices for the silhouette terms (speed)
-        n = len(body.faces) and int(body.faces.max()) + 1
+        n = int(body.faces.max()) + 1
         self.sil_idx = torch.arange(0, n, 3, device=body.device)
         lo = torch.full((len(LIMBS), 3), -math.pi, dtype=body.dtype)
         hi = torch.full((len(LIMBS), 3), math.pi, dtype=body.dtype)

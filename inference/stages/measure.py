@@ -49,7 +49,7 @@ def measure(vertices: np.ndarray, faces: np.ndarray, keypoints: np.ndarray) -> d
     torso = shoulder_mid[1] - hip_mid[1]
     # loops whose centre is beyond the shoulders' half width are arms or hands, not torso/legs
     lateral_limit = 0.9 * 0.5 * abs(kp[L_SHOULDER, 0] - kp[R_SHOULDER, 0])
-    axis_x, axis_z = hip_mid[0], hip_mid[2]
+    axis_x = hip_mid[0]
 
     def torso_girth(y: float) -> float:
         loops = _section_loops(mesh, np.array([0.0, y, 0.0]), np.array([0.0, 1.0, 0.0]))
