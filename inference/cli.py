@@ -11,7 +11,8 @@ from inference.errors import AvatarError, InputError
 from inference.types import GENDERS, Subject
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The pipeline's commands; the service adds its own (serve, worker, keys, db) to ``sub``."""
     p = argparse.ArgumentParser(prog="avatar", description="Photo → 3D body avatar.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -52,11 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     cs = wsub.add_parser("convert-smpl", help="convert the official SMPL pickles (licensed) once")
     cs.add_argument("source", type=Path, help="folder with the downloaded SMPL .pkl files")
     cs.add_argument("--weights-dir", type=Path, default=None)
-    return p
+    return p, sub
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    return run(build_parser()[0].parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     as_json = getattr(args, "json", False)
     try:
         if args.command == "create":

@@ -16,6 +16,12 @@ GENDERS = ("male", "female", "other")
 HEIGHT_RANGE_CM = (50.0, 250.0)
 WEIGHT_RANGE_KG = (20.0, 300.0)
 
+# what `measure` reports, in cm (definitions in inference/stages/measure.py and the README)
+MEASUREMENTS = (
+    "height", "chest", "waist", "hip", "neck", "shoulder_width", "arm_length", "inseam",
+    "thigh", "upper_arm",
+)
+
 COCO_KEYPOINTS = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear",
     "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",

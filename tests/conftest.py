@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from servers import PostgresServer, S3Server, postgres_server, redis_server, s3_server
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -55,3 +58,26 @@ def bus_result(pipeline, bus_jpg, tmp_path_factory):
     events = []
     result = pipeline.run(Job(bus_jpg, Subject(180, "male", 75), out), on_stage=events.append)
     return result, events
+
+
+# ---- real servers for the service's integration tests (started once, only when asked for) ----
+S3_ACCESS_KEY = "test-access-key"
+S3_SECRET_KEY = "test-secret-key-0123456789"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory) -> Iterator[S3Server]:
+    with s3_server(tmp_path_factory.mktemp("s3"), S3_ACCESS_KEY, S3_SECRET_KEY) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory) -> Iterator[PostgresServer]:
+    with postgres_server(tmp_path_factory.mktemp("postgres")) as server:
+        yield server

@@ -41,7 +41,7 @@ def load_photo(
         data = path.read_bytes()
     if not data:
         raise InputError(f"{name} is empty", "invalid_image")
-    kind = _sniff(data)
+    kind = sniff_format(data)
     if kind is None:
         raise InputError(f"{name} is not a readable image (not JPEG, PNG or WebP data)", "invalid_image")
     if kind not in ALLOWED_FORMATS:
@@ -85,7 +85,7 @@ def load_photo(
     return Photo(image=np.asarray(img, dtype=np.uint8).copy(), focal_35mm=focal, source=name)
 
 
-def _sniff(data: bytes) -> str | None:
+def sniff_format(data: bytes) -> str | None:
     """The image format by its magic bytes, checked before any decoder sees the data."""
     if data[:3] == b"\xff\xd8\xff":
         return "JPEG"

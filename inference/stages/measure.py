@@ -28,14 +28,12 @@ import numpy as np
 import trimesh
 from scipy.spatial import ConvexHull
 
+from inference.types import MEASUREMENTS
+
 from inference.bodies.base import (
     L_ELBOW, L_HIP, L_KNEE, L_SHOULDER, L_WRIST, NOSE, R_HIP, R_SHOULDER,
 )
 
-MEASUREMENTS = (
-    "height", "chest", "waist", "hip", "neck", "shoulder_width", "arm_length", "inseam",
-    "thigh", "upper_arm",
-)
 _SCAN_STEPS = 16
 
 

@@ -1,0 +1,101 @@
+"""The arq worker: one process per GPU. It pins its GPU, loads the Pipeline once, warms it on a
+real photo, then takes jobs from the shared queue one at a time.
+
+    avatar worker --gpu 0          # or: CUDA_VISIBLE_DEVICES=0 arq gpu_worker.WorkerSettings
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from arq.worker import func
+
+from service.queue import TASK_NAME, redis_settings
+from service.settings import get_settings
+
+log = logging.getLogger("avatar.worker")
+_settings = get_settings()
+
+
+async def startup(ctx: dict) -> None:
+    from inference.pipeline import Pipeline, PipelineConfig
+    from service import migrate
+    from service.db import make_engine, session_factory
+    from service.errors import DependencyError
+    from service.storage import make_storage
+    from service.worker import JobRunner
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        current = await migrate.current_revision(settings.database_url)
+    except Exception as exc:
+        raise DependencyError(f"cannot reach the database ({exc.__class__.__name__}: {exc}); start it or fix "
+                           "DATABASE_URL") from exc
+    if current != migrate.head_revision():
+        raise DependencyError(f"the database schema is at {current or 'nothing'}, not {migrate.head_revision()}: "
+                           "run `avatar db upgrade` (or start `avatar serve`, which upgrades) first")
+    storage = make_storage(settings)
+    await storage.check()
+
+    t0 = time.perf_counter()
+    pipeline = await asyncio.to_thread(
+        Pipeline, PipelineConfig(device=settings.worker_device, body_model=settings.worker_body_model),
+        log.info)
+    log.info("pipeline loaded in %.1f s on %s", time.perf_counter() - t0, pipeline.device)
+    if settings.worker_warmup:
+        t0 = time.perf_counter()
+        await asyncio.to_thread(warm_up, pipeline)
+        log.info("pipeline warmed in %.1f s", time.perf_counter() - t0)
+    runner = JobRunner(settings, session_factory(engine), storage, ctx["redis"], pipeline)
+    ctx.update(runner=runner, engine=engine, pipeline=pipeline,
+               heartbeat=asyncio.create_task(runner.heartbeat_forever(pipeline.device)))
+    log.info("worker %s ready on queue %s", runner.name, settings.queue_name)
+
+
+def warm_up(pipeline) -> None:
+    """One real run on a photo shipped with Ultralytics, so the first client job does not pay
+    for lazy initialisation (CUDA kernels, the renderer's context, allocator growth)."""
+    import importlib.util
+    import tempfile
+    from pathlib import Path
+
+    from inference.pipeline import Job
+    from inference.types import Subject
+
+    spec = importlib.util.find_spec("ultralytics")
+    photo = Path(spec.origin).parent / "assets" / "bus.jpg"
+    with tempfile.TemporaryDirectory(prefix="avatar-warmup-") as tmp:
+        pipeline.run(Job(photo, Subject(height_cm=175, gender="male", weight_kg=75), Path(tmp) / "out"))
+
+
+async def shutdown(ctx: dict) -> None:
+    if "heartbeat" in ctx:
+        ctx["heartbeat"].cancel()
+        try:
+            await ctx["heartbeat"]
+        except asyncio.CancelledError:
+            pass
+    if "pipeline" in ctx:
+        ctx["pipeline"].close()
+    if "engine" in ctx:
+        await ctx["engine"].dispose()
+
+
+async def process_avatar(ctx: dict, job_id: str) -> str:
+    return await ctx["runner"].run(job_id, ctx.get("job_try", 1))
+
+
+class WorkerSettings:
+    functions = [func(process_avatar, name=TASK_NAME, timeout=_settings.job_timeout_seconds,
+                      max_tries=_settings.job_max_tries)]
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = redis_settings(_settings.redis_url)
+    queue_name = _settings.queue_name
+    max_jobs = 1  # one GPU, one job at a time: the Pipeline holds its models in this process
+    job_timeout = _settings.job_timeout_seconds
+    max_tries = _settings.job_max_tries
+    keep_result = 3600
+    health_check_interval = 30

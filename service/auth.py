@@ -1,0 +1,72 @@
+"""API keys: random tokens shown once, stored as SHA-256 hashes, each scoped to one tenant."""
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db import ApiKey, utcnow
+
+KEY_PREFIX = "avk_"
+TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's tenant, and whether it may manage keys."""
+
+    key_id: str
+    tenant: str
+    is_admin: bool
+
+
+def hash_key(key: str) -> str:
+    # keys carry 256 random bits, so a plain SHA-256 is enough (no password stretching needed)
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def check_tenant(tenant: str) -> str:
+    if not TENANT_RE.match(tenant):
+        raise ValueError("tenant must be 1-64 characters of a-z, 0-9, _ and -, starting with a letter or digit")
+    return tenant
+
+
+async def create_key(session: AsyncSession, tenant: str, name: str = "", is_admin: bool = False) -> tuple[ApiKey, str]:
+    """A new key; the plain token is returned here and never stored."""
+    token = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(tenant=check_tenant(tenant), name=name, key_hash=hash_key(token),
+                 prefix=token[:12], is_admin=is_admin)
+    session.add(row)
+    await session.commit()
+    return row, token
+
+
+async def authenticate(session: AsyncSession, token: str) -> Principal | None:
+    if not token.startswith(KEY_PREFIX) or len(token) > 200:
+        return None
+    row = (await session.execute(select(ApiKey).where(ApiKey.key_hash == hash_key(token)))).scalar_one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    now = utcnow()
+    last = row.last_used_at
+    if last is None or (now - (last if last.tzinfo else last.replace(tzinfo=now.tzinfo))).total_seconds() > 60:
+        row.last_used_at = now  # at most one write a minute per key
+        await session.commit()
+    return Principal(key_id=row.id, tenant=row.tenant, is_admin=row.is_admin)
+
+
+async def revoke_key(session: AsyncSession, key_id: str) -> bool:
+    row = await session.get(ApiKey, key_id)
+    if row is None or row.revoked_at is not None:
+        return False
+    row.revoked_at = utcnow()
+    await session.commit()
+    return True
+
+
+async def list_keys(session: AsyncSession) -> list[ApiKey]:
+    return list((await session.execute(select(ApiKey).order_by(ApiKey.created_at))).scalars())

@@ -1,0 +1,162 @@
+"""The avatar use cases behind the routes: accept a photo, create and queue a job, describe a
+job or a passport with fresh links, cancel, correct measurements."""
+from __future__ import annotations
+
+import re
+from urllib.parse import urlparse
+
+from fastapi import Request
+from sqlalchemy import func, select
+
+from inference.errors import InputError
+from service import jobs, queue
+from service.auth import Principal
+from service.db import Avatar, Job, new_id
+from service.deps import Services
+from service.errors import ApiError, not_found
+from service.photos import check_host_public, check_url_shape, sniff_image
+from service.schemas import CreateAvatarIn, CreateAvatarOut, JobError, JobStatusOut, PassportOut
+
+PHOTO_PATH = re.compile(r"^/api/photos/([0-9a-f]{32})$")
+
+
+def photo_key(tenant: str, photo_id: str) -> str:
+    return f"photos/{tenant}/{photo_id}"
+
+
+async def store_photo(svc: Services, who: Principal, data: bytes) -> tuple[str, str]:
+    """Check an upload is a JPEG/PNG/WebP that decodes within the pipeline's limits; store it."""
+    from inference.stages.load import load_photo
+
+    content_type = sniff_image(data)
+    if content_type is None:
+        raise ApiError(415, "unsupported_image_type", "upload a JPEG, PNG or WebP photo")
+    load_photo(data, max_pixels=50_000_000, work_size=256)  # raises InputError → 422
+    photo_id = new_id()
+    await svc.storage.put_bytes(photo_key(who.tenant, photo_id), data, content_type)
+    return photo_id, content_type
+
+
+async def resolve_photo(svc: Services, who: Principal, request: Request, url: str) -> tuple[str | None, str | None]:
+    """(storage key, None) for our own photo URLs, (None, url) for a public http(s) URL."""
+    parsed = urlparse(url)
+    m = PHOTO_PATH.match(parsed.path or "")
+    ours = {urlparse(svc.base_url(request)).netloc, request.url.netloc}
+    if m and (not parsed.netloc or parsed.netloc in ours):
+        key = photo_key(who.tenant, m.group(1))
+        if not await svc.storage.exists(key):
+            raise ApiError(404, "photo_not_found", "no such photo for this API key's tenant; upload it with POST /api/photos")
+        return key, None
+    try:
+        check_url_shape(url)
+        await check_host_public(url, svc.settings.allow_private_photo_urls)
+    except InputError as exc:
+        raise ApiError(422, exc.code, str(exc)) from exc
+    return None, url
+
+
+async def create_job(svc: Services, who: Principal, request: Request, body: CreateAvatarIn) -> CreateAvatarOut:
+    key, external = await resolve_photo(svc, who, request, body.photo_url)
+    async with svc.sessions() as s:
+        job = Job(id=new_id(), tenant=who.tenant, user_id=body.user_id, status=jobs.QUEUED, progress=0,
+                  stage="queued", message="waiting for a worker", photo_key=key, photo_source_url=external,
+                  height_cm=body.height, weight_kg=body.weight, gender=body.gender,
+                  files={}, measurements={}, timings={}, attempts=0)
+        s.add(job)
+        await jobs.register_new(s, job)
+        await s.commit()
+        eta = await estimate_seconds(svc, s)
+    try:
+        await queue.enqueue(svc.redis, svc.settings.queue_name, job.id)
+    except Exception as exc:  # the row exists: close it so no job is left queued forever
+        async with svc.sessions() as s:
+            await jobs.move(s, job.id, jobs.FAILED, error_code="queue_unavailable",
+                            error_message=f"could not queue the job: {exc}", message="failed")
+        raise ApiError(503, "queue_unavailable", "the job queue (Redis) is not reachable; try again later") from exc
+    return CreateAvatarOut(job_id=job.id, user_id=job.user_id, status="queued",
+                           message="queued: poll GET /api/avatar/status/{job_id}".replace("{job_id}", job.id),
+                           estimated_time_seconds=eta)
+
+
+async def estimate_seconds(svc: Services, s) -> float:
+    """Average wall time of recent jobs × (jobs waiting ahead + 1) / live workers."""
+    rows = (await s.execute(select(Job.started_at, Job.completed_at).where(Job.status == jobs.COMPLETED)
+                            .order_by(Job.completed_at.desc()).limit(20))).all()
+    spans = [(c - a).total_seconds() for a, c in rows if a and c]
+    per_job = sum(spans) / len(spans) if spans else svc.settings.estimated_time_seconds
+    waiting = await queue.queued_count(svc.redis, svc.settings.queue_name)
+    workers = max(1, len(await queue.live_workers(svc.redis)))
+    return round(per_job * (1 + waiting / workers), 1)
+
+
+async def get_job(svc: Services, who: Principal, job_id: str) -> Job:
+    async with svc.sessions() as s:
+        job = await s.get(Job, job_id) if re.fullmatch(r"[0-9a-f]{32}", job_id) else None
+    if job is None or job.tenant != who.tenant:  # another tenant's job does not exist for you
+        raise not_found("job")
+    return job
+
+
+def job_status(svc: Services, request: Request, job: Job) -> JobStatusOut:
+    files = {name: svc.link(request, key) for name, key in (job.files or {}).items()}
+    error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+    return JobStatusOut(
+        job_id=job.id, user_id=job.user_id, status=job.status, progress=job.progress, stage=job.stage,
+        message=job.message, avatar_url=files.get("avatar_textured.glb"), files=files,
+        measurements=job.measurements or {}, error=error, timings=job.timings or {},
+        created_at=job.created_at, started_at=job.started_at, completed_at=job.completed_at)
+
+
+async def cancel_job(svc: Services, who: Principal, job_id: str) -> Job:
+    job = await get_job(svc, who, job_id)
+    if job.status in jobs.FINAL:
+        raise ApiError(409, "job_finished", f"job is already {job.status}")
+    await queue.request_cancel(svc.redis, job.id)  # a worker running it stops at the next stage
+    async with svc.sessions() as s:
+        await jobs.move(s, job.id, jobs.CANCELLED, message="cancelled by the client", error_code=None)
+        return await s.get(Job, job.id)
+
+
+async def get_passport(svc: Services, who: Principal, user_id: str) -> Avatar:
+    async with svc.sessions() as s:
+        passport = await s.get(Avatar, (who.tenant, user_id))
+    if passport is None:
+        raise not_found("avatar for this user")
+    return passport
+
+
+def passport_out(svc: Services, request: Request, p: Avatar) -> PassportOut:
+    fitted = dict(p.measurements or {})
+    manual = dict(p.manual_measurements or {})
+    return PassportOut(
+        user_id=p.user_id, status=p.status, latest_job_id=p.latest_job_id, avatar_job_id=p.avatar_job_id,
+        avatar_url=svc.link(request, p.avatar_key), measurements=fitted, manual_measurements=manual,
+        effective_measurements={**fitted, **manual},
+        pipeline_files={n: svc.link(request, k) for n, k in (p.pipeline_files or {}).items()},
+        processing_started_at=p.processing_started_at, processing_completed_at=p.processing_completed_at,
+        updated_at=p.updated_at)
+
+
+async def correct_measurements(svc: Services, who: Principal, user_id: str, values: dict[str, float | None]) -> Avatar:
+    for name, v in values.items():
+        if v is not None and not (1.0 <= v <= 400.0):
+            raise ApiError(422, "invalid_measurement", f"{name}: {v} cm is outside 1-400 cm")
+    async with svc.sessions() as s:
+        passport = await s.get(Avatar, (who.tenant, user_id))
+        if passport is None:
+            raise not_found("avatar for this user")
+        manual = dict(passport.manual_measurements or {})
+        for name, v in values.items():
+            if v is None:
+                manual.pop(name, None)
+            else:
+                manual[name] = round(float(v), 1)
+        passport.manual_measurements = manual
+        passport.updated_at = jobs.utcnow()
+        await s.commit()
+        return passport
+
+
+async def count_jobs(svc: Services, status: str) -> int:
+    async with svc.sessions() as s:
+        return int((await s.execute(select(func.count()).select_from(Job).where(Job.status == status))).scalar())

@@ -1,0 +1,141 @@
+"""``avatar``: the pipeline's commands plus the service's (serve, worker, keys, db)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from pydantic import ValidationError
+
+from inference import cli as pipeline_cli
+from service.errors import DependencyError
+
+SERVICE_COMMANDS = ("serve", "worker", "keys", "db")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p, sub = pipeline_cli.build_parser()
+    s = sub.add_parser("serve", help="run the API (FastAPI + uvicorn)")
+    s.add_argument("--host", default=None, help="default: HOST from the environment, else 127.0.0.1")
+    s.add_argument("--port", type=int, default=None, help="default: PORT from the environment, else 8000")
+
+    w = sub.add_parser("worker", help="run a GPU worker that takes jobs from the queue")
+    w.add_argument("--gpu", default=None, help="GPU index to pin (sets CUDA_VISIBLE_DEVICES)")
+    w.add_argument("--device", default=None, help="auto | cpu | cuda:N (default: WORKER_DEVICE)")
+    w.add_argument("--no-warmup", action="store_true", help="skip the warm-up run on start")
+
+    k = sub.add_parser("keys", help="manage API keys (writes the database directly)")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kc = ksub.add_parser("create", help="create a key for a tenant; prints the secret once")
+    kc.add_argument("--tenant", required=True)
+    kc.add_argument("--name", default="")
+    kc.add_argument("--admin", action="store_true", help="the key may also create and revoke keys")
+    ksub.add_parser("list", help="list keys (never their secrets)")
+    kr = ksub.add_parser("revoke", help="revoke a key by id")
+    kr.add_argument("key_id")
+
+    d = sub.add_parser("db", help="database schema")
+    dsub = d.add_subparsers(dest="db_command", required=True)
+    dsub.add_parser("upgrade", help="migrate the schema to the newest revision")
+    dsub.add_parser("current", help="print the schema revision")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command not in SERVICE_COMMANDS:
+        return pipeline_cli.run(args)
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "info").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return {"serve": _serve, "worker": _worker, "keys": _keys, "db": _db}[args.command](args)
+    except (DependencyError, ValidationError) as exc:
+        print(f"avatar: error: {exc}", file=sys.stderr)
+        return 3
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import get_settings
+
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
+                log_level=settings.log_level, proxy_headers=True)
+    return 0
+
+
+def _worker(args) -> int:
+    # pin the GPU before anything imports torch: the process then sees exactly one device
+    if args.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+        os.environ.setdefault("WORKER_DEVICE", "cuda:0")
+    if args.device:
+        os.environ["WORKER_DEVICE"] = args.device
+    if args.no_warmup:
+        os.environ["WORKER_WARMUP"] = "false"
+    from arq.worker import run_worker
+
+    import gpu_worker
+    from service.queue import QueueUnavailable, _safe
+    from service.settings import get_settings
+
+    try:
+        run_worker(gpu_worker.WorkerSettings)
+    except (ConnectionError, OSError) as exc:  # arq gives up connecting to Redis
+        raise QueueUnavailable(f"cannot reach Redis at {_safe(get_settings().redis_url)} ({exc}); "
+                               "start redis-server or fix REDIS_URL") from exc
+    return 0
+
+
+def _keys(args) -> int:
+    from service import auth
+    from service.db import make_engine, session_factory
+    from service.settings import get_settings
+
+    async def go() -> int:
+        settings = get_settings()
+        await _ensure_schema(settings.database_url)
+        engine = make_engine(settings.database_url)
+        try:
+            async with session_factory(engine)() as s:
+                if args.keys_command == "create":
+                    row, token = await auth.create_key(s, args.tenant, args.name, args.admin)
+                    print(token)
+                    print(f"key {row.id} for tenant {row.tenant}{' (admin)' if row.is_admin else ''}: "
+                          "store it now, it is not shown again", file=sys.stderr)
+                elif args.keys_command == "list":
+                    for r in await auth.list_keys(s):
+                        state = "revoked" if r.revoked_at else "active"
+                        print(f"{r.id}  {r.tenant:<20} {r.prefix}…  {'admin' if r.is_admin else 'client':<6} "
+                              f"{state}  {r.name}")
+                elif not await auth.revoke_key(s, args.key_id):
+                    print(f"avatar: error: no active key {args.key_id}", file=sys.stderr)
+                    return 2
+            return 0
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+async def _ensure_schema(url: str) -> None:
+    from service import migrate
+
+    await migrate.upgrade_async(url)
+
+
+def _db(args) -> int:
+    from service import migrate
+    from service.settings import get_settings
+
+    url = get_settings().database_url
+    if args.db_command == "upgrade":
+        migrate.upgrade(url)
+        print(f"database at revision {migrate.head_revision()}")
+    else:
+        print(asyncio.run(migrate.current_revision(url)) or "empty")
+    return 0

@@ -1,0 +1,60 @@
+"""Photos, avatar jobs, fit passports and measurement corrections."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, UploadFile
+from fastapi.responses import RedirectResponse
+
+from service import avatars
+from service.deps import PrincipalDep, SvcDep
+from service.errors import ApiError
+from service.schemas import CreateAvatarIn, CreateAvatarOut, JobStatusOut, MeasurementsPatch, PassportOut, PhotoOut
+
+router = APIRouter(prefix="/api")
+
+
+@router.post("/photos", response_model=PhotoOut, status_code=201)
+async def upload_photo(request: Request, file: UploadFile, svc: SvcDep, who: PrincipalDep) -> PhotoOut:
+    limit = svc.settings.max_upload_bytes
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "photo_too_large", f"the photo is over the {limit} byte limit")
+    if not data:
+        raise ApiError(422, "invalid_image", "the uploaded file is empty")
+    photo_id, content_type = await avatars.store_photo(svc, who, data)
+    return PhotoOut(photo_id=photo_id, photo_url=f"{svc.base_url(request)}/api/photos/{photo_id}",
+                    content_type=content_type, size_bytes=len(data))
+
+
+@router.get("/photos/{photo_id}", status_code=307, responses={307: {"description": "link to the photo"}})
+async def get_photo(photo_id: str, request: Request, svc: SvcDep, who: PrincipalDep) -> RedirectResponse:
+    key, _ = await avatars.resolve_photo(svc, who, request, f"/api/photos/{photo_id}")
+    if key is None:
+        raise ApiError(404, "photo_not_found", "photo not found")
+    return RedirectResponse(svc.link(request, key), status_code=307)
+
+
+@router.post("/avatar/create", response_model=CreateAvatarOut, status_code=202)
+async def create_avatar(body: CreateAvatarIn, request: Request, svc: SvcDep, who: PrincipalDep) -> CreateAvatarOut:
+    return await avatars.create_job(svc, who, request, body)
+
+
+@router.get("/avatar/status/{job_id}", response_model=JobStatusOut)
+async def avatar_status(job_id: str, request: Request, svc: SvcDep, who: PrincipalDep) -> JobStatusOut:
+    return avatars.job_status(svc, request, await avatars.get_job(svc, who, job_id))
+
+
+@router.post("/avatar/cancel/{job_id}", response_model=JobStatusOut)
+async def cancel_avatar(job_id: str, request: Request, svc: SvcDep, who: PrincipalDep) -> JobStatusOut:
+    return avatars.job_status(svc, request, await avatars.cancel_job(svc, who, job_id))
+
+
+@router.get("/avatar/{user_id}", response_model=PassportOut)
+async def passport(user_id: str, request: Request, svc: SvcDep, who: PrincipalDep) -> PassportOut:
+    return avatars.passport_out(svc, request, await avatars.get_passport(svc, who, user_id))
+
+
+@router.patch("/measurements/{user_id}", response_model=PassportOut)
+async def correct_measurements(user_id: str, body: MeasurementsPatch, request: Request, svc: SvcDep,
+                               who: PrincipalDep) -> PassportOut:
+    p = await avatars.correct_measurements(svc, who, user_id, dict(body.measurements))
+    return avatars.passport_out(svc, request, p)

@@ -1,0 +1,108 @@
+"""Liveness, readiness, signed file links (local storage), client events and API keys."""
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, JSONResponse
+from sqlalchemy import text
+
+from service import auth, queue
+from service.db import Event
+from service.deps import AdminDep, PrincipalDep, SvcDep
+from service.errors import ApiError, not_found
+from service.schemas import EventIn, EventOut, KeyIn, KeyOut
+from service.storage import FileStorage, content_type_for
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(svc: SvcDep) -> JSONResponse:
+    checks: dict[str, dict] = {}
+    try:
+        async with svc.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        checks["database"] = {"ok": True}
+    except Exception as exc:
+        checks["database"] = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
+    try:
+        await svc.redis.ping()
+        checks["redis"] = {"ok": True}
+        workers = await queue.live_workers(svc.redis)
+        checks["workers"] = {"ok": bool(workers), "count": len(workers),
+                             "devices": sorted({w.get("device", "?") for w in workers})}
+        if not workers:
+            checks["workers"]["error"] = "no worker heartbeat: start `avatar worker`"
+    except Exception as exc:
+        checks["redis"] = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
+        checks["workers"] = {"ok": False, "error": "unknown (Redis is down)"}
+    try:
+        await svc.storage.check()
+        checks["storage"] = {"ok": True}
+    except Exception as exc:
+        checks["storage"] = {"ok": False, "error": str(exc)}
+    ok = all(c["ok"] for c in checks.values())
+    return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+
+
+@router.get("/files/{key:path}", include_in_schema=False)
+async def signed_file(key: str, expires: int, signature: str, svc: SvcDep) -> FileResponse:
+    storage = svc.storage
+    if not isinstance(storage, FileStorage):
+        raise not_found("file")
+    try:
+        ok = storage.verify(key, expires, signature)
+        path = storage.local_path(key)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ApiError(403, "invalid_signature", "this link is invalid or has expired; ask the API for a fresh one")
+    if not path.is_file():
+        raise not_found("file")
+    return FileResponse(path, media_type=content_type_for(key), filename=path.name)
+
+
+@router.post("/api/events", response_model=EventOut, status_code=202)
+async def post_event(body: EventIn, svc: SvcDep, who: PrincipalDep) -> EventOut:
+    if len(json.dumps(body.properties)) > svc.settings.max_event_bytes:
+        raise ApiError(413, "event_too_large", f"event properties are over {svc.settings.max_event_bytes} bytes")
+    async with svc.sessions() as s:
+        ev = Event(tenant=who.tenant, user_id=body.user_id, name=body.name, properties=body.properties)
+        s.add(ev)
+        await s.commit()
+        return EventOut(event_id=ev.id)
+
+
+def _key_out(row, token: str | None = None) -> KeyOut:
+    return KeyOut(id=row.id, tenant=row.tenant, name=row.name, prefix=row.prefix, admin=row.is_admin,
+                  created_at=row.created_at, revoked_at=row.revoked_at, key=token)
+
+
+@router.post("/api/keys", response_model=KeyOut, status_code=201)
+async def create_key(body: KeyIn, svc: SvcDep, _: AdminDep) -> KeyOut:
+    try:
+        auth.check_tenant(body.tenant)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_tenant", str(exc)) from exc
+    async with svc.sessions() as s:
+        row, token = await auth.create_key(s, body.tenant, body.name, body.admin)
+    return _key_out(row, token)
+
+
+@router.get("/api/keys", response_model=list[KeyOut])
+async def list_keys(svc: SvcDep, _: AdminDep) -> list[KeyOut]:
+    async with svc.sessions() as s:
+        return [_key_out(r) for r in await auth.list_keys(s)]
+
+
+@router.delete("/api/keys/{key_id}", status_code=204)
+async def revoke_key(key_id: str, svc: SvcDep, _: AdminDep) -> None:
+    async with svc.sessions() as s:
+        if not await auth.revoke_key(s, key_id):
+            raise not_found("active key")

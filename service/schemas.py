@@ -1,0 +1,113 @@
+"""Request and response bodies of the API."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from inference.types import HEIGHT_RANGE_CM, MEASUREMENTS, WEIGHT_RANGE_KG
+
+USER_ID = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
+Gender = Literal["male", "female", "other"]
+JobStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PhotoOut(BaseModel):
+    photo_id: str
+    photo_url: str
+    content_type: str
+    size_bytes: int
+
+
+class CreateAvatarIn(Strict):
+    user_id: str = Field(pattern=USER_ID, description="your id for the person (letters, digits, . _ @ -)")
+    photo_url: str = Field(max_length=4096)
+    height: float = Field(ge=HEIGHT_RANGE_CM[0], le=HEIGHT_RANGE_CM[1], description="cm")
+    weight: float | None = Field(None, ge=WEIGHT_RANGE_KG[0], le=WEIGHT_RANGE_KG[1], description="kg")
+    gender: Gender
+
+
+class CreateAvatarOut(BaseModel):
+    job_id: str
+    user_id: str
+    status: JobStatus
+    message: str
+    estimated_time_seconds: float
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobStatusOut(BaseModel):
+    job_id: str
+    user_id: str
+    status: JobStatus
+    progress: int
+    stage: str | None
+    message: str
+    avatar_url: str | None
+    files: dict[str, str]
+    measurements: dict[str, float]
+    error: JobError | None
+    timings: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+class PassportOut(BaseModel):
+    user_id: str
+    status: JobStatus
+    latest_job_id: str | None
+    avatar_job_id: str | None
+    avatar_url: str | None
+    measurements: dict[str, float]
+    manual_measurements: dict[str, float]
+    effective_measurements: dict[str, float] = Field(description="fitted values with manual corrections on top")
+    pipeline_files: dict[str, str]
+    processing_started_at: datetime | None
+    processing_completed_at: datetime | None
+    updated_at: datetime
+
+
+MeasurementName = Literal[MEASUREMENTS]  # type: ignore[valid-type]
+
+
+class MeasurementsPatch(Strict):
+    measurements: dict[MeasurementName, float | None] = Field(  # type: ignore[valid-type]
+        description="cm; null removes a manual correction", min_length=1)
+
+
+class EventIn(Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")
+    user_id: str | None = Field(None, pattern=USER_ID)
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventOut(BaseModel):
+    event_id: int
+    status: Literal["accepted"] = "accepted"
+
+
+class KeyIn(Strict):
+    tenant: str
+    name: str = Field("", max_length=128)
+    admin: bool = False
+
+
+class KeyOut(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    prefix: str
+    admin: bool
+    created_at: datetime
+    revoked_at: datetime | None = None
+    key: str | None = Field(None, description="the secret token; shown only when the key is created")

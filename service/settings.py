@@ -1,0 +1,104 @@
+"""Every setting of the service and the worker, read from the environment (or a .env file).
+
+One class, one source of truth: ``.env.example`` lists each variable with a comment, and a
+test keeps the two in step.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # where things live
+    database_url: str = "sqlite+aiosqlite:///./data/avatar.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue_name: str = "avatar:queue"
+    storage_url: str = "file://./data/storage"
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_region: str = "us-east-1"
+    s3_create_bucket: bool = True
+
+    # links handed to clients
+    public_base_url: str | None = None
+    url_expires_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    secret_key: str | None = None
+
+    # limits at the edge
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    photo_fetch_timeout_seconds: float = Field(20.0, gt=0)
+    allow_private_photo_urls: bool = False
+    max_event_bytes: int = Field(16 * 1024, ge=256)
+
+    # the worker
+    worker_device: str = "auto"
+    worker_body_model: str = "auto"
+    worker_warmup: bool = True
+    job_timeout_seconds: int = Field(900, ge=10)
+    job_max_tries: int = Field(2, ge=1)
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    estimated_time_seconds: float = Field(60.0, gt=0)
+
+    # the API process
+    auto_migrate: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_scheme(cls, v: str) -> str:
+        scheme = urlparse(v).scheme
+        if scheme not in ("file", "s3"):
+            raise ValueError(f"STORAGE_URL must start with file:// or s3:// (got {v!r})")
+        if scheme == "s3" and not urlparse(v).netloc:
+            raise ValueError("STORAGE_URL=s3://BUCKET needs a bucket name")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_driver(cls, v: str) -> str:
+        # accept the usual spellings and turn them into the async drivers we ship
+        for plain, driver in (("postgresql://", "postgresql+asyncpg://"),
+                              ("postgres://", "postgresql+asyncpg://"),
+                              ("sqlite://", "sqlite+aiosqlite://")):
+            if v.startswith(plain):
+                return driver + v[len(plain):]
+        if not v.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError("DATABASE_URL must be a postgresql:// or sqlite:// URL")
+        return v
+
+    @property
+    def data_dir(self) -> Path:
+        """Folder for the embedded defaults' files (SQLite, local storage, the secret key)."""
+        return Path("./data")
+
+    def signing_key(self) -> bytes:
+        """Key for the local storage's link signatures: SECRET_KEY, else one generated once
+        and kept in ``data/secret_key`` (so links survive restarts and work across processes)."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        import secrets
+
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return path.read_text().strip().encode()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,173 @@
+"""The job state machine and the fit passport, on a real PostgreSQL and on SQLite."""
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from service import auth, jobs, migrate
+from service.db import ApiKey, Avatar, Job, make_engine, new_id, session_factory, utcnow
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'avatar.db'}"
+    else:
+        pg = request.getfixturevalue("postgres")
+        name = f"t{new_id()[:12]}"
+        _admin(pg.sqlalchemy_url, f"CREATE DATABASE {name}")
+        url = pg.sqlalchemy_url.rsplit("/", 1)[0] + f"/{name}"
+    migrate.upgrade(url)
+    return url
+
+
+def _admin(url: str, sql: str) -> None:
+    async def go():
+        from sqlalchemy import text
+
+        engine = make_engine(url)
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(sql))
+        await engine.dispose()
+    asyncio.run(go())
+
+
+def run(url, fn):
+    """Run ``fn(sessions)`` on a fresh engine for ``url``."""
+    async def go():
+        engine = make_engine(url)
+        try:
+            return await fn(session_factory(engine))
+        finally:
+            await engine.dispose()
+    return asyncio.run(go())
+
+
+async def _new_job(sessions, user="u1", tenant="acme", created=None) -> str:
+    async with sessions() as s:
+        job = Job(id=new_id(), tenant=tenant, user_id=user, status=jobs.QUEUED, progress=0, message="",
+                  height_cm=170, gender="female", files={}, measurements={}, timings={}, attempts=0,
+                  created_at=created or utcnow())
+        s.add(job)
+        await jobs.register_new(s, job)
+        await s.commit()
+        return job.id
+
+
+def test_migrations_reach_head(db_url):
+    assert asyncio.run(migrate.current_revision(db_url)) == migrate.head_revision()
+
+
+def test_a_job_walks_queued_processing_completed(db_url):
+    async def fn(sessions):
+        jid = await _new_job(sessions)
+        async with sessions() as s:
+            assert await jobs.move(s, jid, jobs.PROCESSING, started_at=utcnow())
+            assert await jobs.report_progress(s, jid, 40, "fit", "fitting")
+            assert await jobs.move(s, jid, jobs.COMPLETED, measurements={"chest": 99.5},
+                                   files={"avatar_textured.glb": "k/a.glb"})
+        async with sessions() as s:
+            job = await s.get(Job, jid)
+            return job.status, job.progress, job.completed_at is not None
+    assert run(db_url, fn) == ("completed", 100, True)
+
+
+@pytest.mark.parametrize("final", [jobs.COMPLETED, jobs.FAILED, jobs.CANCELLED])
+def test_final_states_are_final(db_url, final):
+    async def fn(sessions):
+        jid = await _new_job(sessions)
+        async with sessions() as s:
+            await jobs.move(s, jid, jobs.PROCESSING)
+            assert await jobs.move(s, jid, final)
+            moved = [await jobs.move(s, jid, t) for t in jobs.STATUSES]
+            progressed = await jobs.report_progress(s, jid, 50, "fit", "late")
+        async with sessions() as s:
+            return moved, progressed, (await s.get(Job, jid)).status
+    moved, progressed, status = run(db_url, fn)
+    assert moved == [False] * len(jobs.STATUSES) and not progressed and status == final
+
+
+def test_a_queued_job_cannot_jump_to_completed(db_url):
+    async def fn(sessions):
+        jid = await _new_job(sessions)
+        async with sessions() as s:
+            return await jobs.move(s, jid, jobs.COMPLETED), (await s.get(Job, jid)).status
+    assert run(db_url, fn) == (False, "queued")
+
+
+def test_cancel_and_complete_race_has_one_winner(db_url):
+    async def fn(sessions):
+        jid = await _new_job(sessions)
+        async with sessions() as s:
+            await jobs.move(s, jid, jobs.PROCESSING)
+
+        async def attempt(target):
+            async with sessions() as s:
+                return await jobs.move(s, jid, target)
+        results = await asyncio.gather(attempt(jobs.CANCELLED), attempt(jobs.COMPLETED))
+        async with sessions() as s:
+            return results, (await s.get(Job, jid)).status
+    results, status = run(db_url, fn)
+    assert sorted(results) == [False, True]
+    assert status == (jobs.CANCELLED if results[0] else jobs.COMPLETED)
+
+
+def test_passport_follows_the_newest_job_and_keeps_the_newest_completed_avatar(db_url):
+    async def fn(sessions):
+        t = utcnow()
+        old = await _new_job(sessions, created=t - timedelta(seconds=10))
+        new = await _new_job(sessions, created=t)
+        async with sessions() as s:
+            await jobs.move(s, new, jobs.PROCESSING)
+            await jobs.move(s, new, jobs.COMPLETED, measurements={"chest": 100.0}, files={"avatar_textured.glb": "new.glb"})
+            await jobs.move(s, old, jobs.PROCESSING)
+            await jobs.move(s, old, jobs.COMPLETED, measurements={"chest": 90.0}, files={"avatar_textured.glb": "old.glb"})
+        async with sessions() as s:
+            p = await s.get(Avatar, ("acme", "u1"))
+            return p.latest_job_id == new, p.avatar_job_id == new, p.avatar_key, p.measurements, p.status
+    assert run(db_url, fn) == (True, True, "new.glb", {"chest": 100.0}, "completed")
+
+
+def test_a_failed_retry_keeps_the_previous_avatar(db_url):
+    async def fn(sessions):
+        t = utcnow()
+        first = await _new_job(sessions, created=t - timedelta(seconds=5))
+        async with sessions() as s:
+            await jobs.move(s, first, jobs.PROCESSING)
+            await jobs.move(s, first, jobs.COMPLETED, measurements={"waist": 80.0}, files={"avatar_textured.glb": "a.glb"})
+        second = await _new_job(sessions, created=t)
+        async with sessions() as s:
+            await jobs.move(s, second, jobs.FAILED, error_code="no_person")
+        async with sessions() as s:
+            p = await s.get(Avatar, ("acme", "u1"))
+            return p.status, p.latest_job_id == second, p.avatar_job_id == first, p.avatar_key
+    assert run(db_url, fn) == ("failed", True, True, "a.glb")
+
+
+def test_api_keys_are_stored_hashed_and_revocable(db_url):
+    async def fn(sessions):
+        async with sessions() as s:
+            row, token = await auth.create_key(s, "acme", "ci")
+        async with sessions() as s:
+            stored = [r.key_hash for r in (await s.execute(select(ApiKey))).scalars()]
+            who = await auth.authenticate(s, token)
+            assert await auth.revoke_key(s, row.id)
+            after = await auth.authenticate(s, token)
+            wrong = await auth.authenticate(s, token[:-2] + "xx")
+        return token, stored, who, after, wrong
+    token, stored, who, after, wrong = run(db_url, fn)
+    assert token not in stored and auth.hash_key(token) in stored
+    assert who is not None and who.tenant == "acme" and not who.is_admin
+    assert after is None and wrong is None
+
+
+def test_tenant_names_are_checked(db_url):
+    async def fn(sessions):
+        async with sessions() as s:
+            await auth.create_key(s, "../evil")
+    with pytest.raises(ValueError, match="tenant"):
+        run(db_url, fn)
