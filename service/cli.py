@@ -78,16 +78,24 @@ def _worker(args) -> int:
     if args.no_warmup:
         os.environ["WORKER_WARMUP"] = "false"
     from arq.worker import run_worker
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     import gpu_worker
-    from service.queue import QueueUnavailable, _safe
+    from service import queue
     from service.settings import get_settings
 
+    url = get_settings().redis_url
+
+    async def check_redis() -> None:  # fail with the fix before arq's own retries and traceback
+        pool = await queue.connect(url)
+        await pool.aclose()
+
+    asyncio.run(check_redis())
     try:
         run_worker(gpu_worker.WorkerSettings)
-    except (ConnectionError, OSError) as exc:  # arq gives up connecting to Redis
-        raise QueueUnavailable(f"cannot reach Redis at {_safe(get_settings().redis_url)} ({exc}); "
-                               "start redis-server or fix REDIS_URL") from exc
+    except (OSError, RedisConnectionError) as exc:  # Redis went away while starting
+        raise queue.QueueUnavailable(f"lost Redis at {queue.safe_url(url)} ({exc}); start redis-server or "
+                                     "fix REDIS_URL") from exc
     return 0
 
 
@@ -139,3 +147,7 @@ def _db(args) -> int:
     else:
         print(asyncio.run(migrate.current_revision(url)) or "empty")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,7 +34,7 @@ async def connect(url: str) -> ArqRedis:
         await pool.ping()
         return pool
     except Exception as exc:  # arq/redis raise several kinds on a refused or unknown host
-        raise QueueUnavailable(f"cannot reach Redis at {_safe(url)} ({exc.__class__.__name__}: {exc}); "
+        raise QueueUnavailable(f"cannot reach Redis at {safe_url(url)} ({exc.__class__.__name__}: {exc}); "
                                "start redis-server or fix REDIS_URL") from exc
 
 
@@ -73,7 +73,7 @@ async def queued_count(pool: ArqRedis, queue_name: str) -> int:
     return int(await pool.zcard(queue_name))
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
     """The URL without its password, for messages."""
     from urllib.parse import urlparse
 
