@@ -88,14 +88,16 @@ async def process_avatar(ctx: dict, job_id: str) -> str:
 
 
 class WorkerSettings:
+    # one try more than JOB_MAX_TRIES: that last call only marks the job failed (worker_lost),
+    # so a job whose workers kept dying still ends in a final state
     functions = [func(process_avatar, name=TASK_NAME, timeout=_settings.job_timeout_seconds,
-                      max_tries=_settings.job_max_tries)]
+                      max_tries=_settings.job_max_tries + 1)]
     on_startup = startup
     on_shutdown = shutdown
     redis_settings = redis_settings(_settings.redis_url)
     queue_name = _settings.queue_name
     max_jobs = 1  # one GPU, one job at a time: the Pipeline holds its models in this process
     job_timeout = _settings.job_timeout_seconds
-    max_tries = _settings.job_max_tries
+    max_tries = _settings.job_max_tries + 1
     keep_result = 3600
     health_check_interval = 30
