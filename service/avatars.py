@@ -2,11 +2,12 @@
 job or a passport with fresh links, cancel, correct measurements."""
 from __future__ import annotations
 
+import asyncio
 import re
 from urllib.parse import urlparse
 
 from fastapi import Request
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from inference.errors import InputError
 from service import jobs, queue
@@ -31,7 +32,7 @@ async def store_photo(svc: Services, who: Principal, data: bytes) -> tuple[str, 
     content_type = sniff_image(data)
     if content_type is None:
         raise ApiError(415, "unsupported_image_type", "upload a JPEG, PNG or WebP photo")
-    load_photo(data, max_pixels=50_000_000, work_size=256)  # raises InputError → 422
+    await asyncio.to_thread(load_photo, data, max_pixels=50_000_000, work_size=256)  # InputError → 422
     photo_id = new_id()
     await svc.storage.put_bytes(photo_key(who.tenant, photo_id), data, content_type)
     return photo_id, content_type
@@ -65,9 +66,10 @@ async def create_job(svc: Services, who: Principal, request: Request, body: Crea
         s.add(job)
         await jobs.register_new(s, job)
         await s.commit()
-        eta = await estimate_seconds(svc, s)
     try:
         await queue.enqueue(svc.redis, svc.settings.queue_name, job.id)
+        async with svc.sessions() as s:
+            eta = await estimate_seconds(svc, s)
     except Exception as exc:  # the row exists: close it so no job is left queued forever
         async with svc.sessions() as s:
             await jobs.move(s, job.id, jobs.FAILED, error_code="queue_unavailable",
@@ -156,7 +158,3 @@ async def correct_measurements(svc: Services, who: Principal, user_id: str, valu
         await s.commit()
         return passport
 
-
-async def count_jobs(svc: Services, status: str) -> int:
-    async with svc.sessions() as s:
-        return int((await s.execute(select(func.count()).select_from(Job).where(Job.status == status))).scalar())

@@ -17,7 +17,7 @@ from pathlib import Path
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inference.errors import AvatarError, CancelledError
+from inference.errors import AvatarError, CancelledError, InputError
 from inference.pipeline import Job as PipelineJob
 from inference.pipeline import Pipeline, StageEvent
 from inference.types import Subject
@@ -25,7 +25,7 @@ from service import jobs, queue
 from service.db import Job
 from service.photos import fetch_photo
 from service.settings import Settings
-from service.storage import FileStorage, S3Storage
+from service.storage import FileStorage, ObjectNotFound, S3Storage
 
 log = logging.getLogger("avatar.worker")
 
@@ -140,7 +140,11 @@ class JobRunner:
 
     async def _photo(self, job: Job) -> bytes:
         if job.photo_key:
-            return await self.storage.get_bytes(job.photo_key)
+            try:
+                return await self.storage.get_bytes(job.photo_key)
+            except ObjectNotFound as exc:
+                raise InputError("the uploaded photo is no longer in storage; upload it again",
+                                 "photo_not_found") from exc
         return await fetch_photo(job.photo_source_url, max_bytes=self.settings.max_upload_bytes,
                                  timeout=self.settings.photo_fetch_timeout_seconds,
                                  allow_private=self.settings.allow_private_photo_urls)

@@ -353,3 +353,22 @@ def test_worker_refuses_to_start_without_redis(stack):
     r = run_avatar(env, stack.cwd, "worker", "--device", "cpu", timeout=120)
     assert r.returncode != 0
     assert "REDIS_URL" in r.stderr, r.stderr[-2000:]
+
+
+def test_when_redis_goes_down_create_answers_503_and_leaves_no_queued_job(stack, bus_jpg, tmp_path):
+    from servers import redis_server
+
+    with redis_server(tmp_path) as own_redis:
+        env = {**stack.env, "REDIS_URL": own_redis}
+        with api_server(env, stack.cwd) as base:
+            c = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {stack.keys['acme']}"}, timeout=30)
+            photo = upload(c, bus_jpg)
+            import redis as redis_client
+
+            redis_client.Redis.from_url(own_redis).shutdown(nosave=True)
+            r = create(c, "u-noqueue", photo["photo_url"])
+            assert r.status_code == 503 and r.json()["error"]["code"] == "queue_unavailable"
+            ready = httpx.get(f"{base}/ready")
+            assert ready.status_code == 503 and ready.json()["checks"]["redis"]["ok"] is False
+    row = _query(stack, "SELECT status, error_code FROM jobs WHERE user_id = 'u-noqueue'")
+    assert tuple(row) == ("failed", "queue_unavailable")
