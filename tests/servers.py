@@ -179,6 +179,7 @@ class S3Server:
     access_key: str
     secret_key: str
     region: str = "us-east-1"
+    ports: tuple[int, ...] = ()  # every port this server listens on (its /tmp sockets name them)
 
 
 def weed_binary() -> str:
@@ -255,7 +256,8 @@ def s3_server(
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
             "-volume.preStopSeconds=0",
         ]
-        server = S3Server(f"http://{HOST}:{ports['s3.port']}", access_key, secret_key)
+        server = S3Server(f"http://{HOST}:{ports['s3.port']}", access_key, secret_key,
+                          ports=tuple(ports.values()))
         # HOME points at the fresh dir so no ~/.seaweedfs/*.toml of the host changes its behaviour
         try:
             with _running(cmd, log=log, cwd=root, env={**os.environ, "HOME": str(root)}) as proc:
