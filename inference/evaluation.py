@@ -26,19 +26,32 @@ from inference.stages.measure import MEASUREMENTS
 GENDERS = ("male", "female")
 
 
+# The population make-set draws from: adults of both genders, 150-200 cm, from lean to heavy and
+# from low to high muscle (Anny's muscle and weight phenotypes over their whole range), kept to
+# plausible people by the body-mass index of the result.
+HEIGHT_CM = (150.0, 200.0)
+BMI = (17.0, 40.0)
+
+
 def sample_phenotypes(rng: np.random.Generator, gender: str) -> dict:
     return {
         "gender": gender,
-        "age": float(rng.uniform(0.77, 0.85)),
-        "muscle": float(rng.uniform(0.1, 0.9)),
-        "weight": float(rng.uniform(0.1, 0.9)),
-        "height": float(rng.uniform(0.2, 0.6)),
-        "proportions": float(rng.uniform(0.3, 0.7)),
+        "age": float(rng.uniform(0.77, 0.86)),
+        "muscle": float(rng.uniform(0.0, 1.0)),
+        "weight": float(rng.uniform(0.0, 1.0)),
+        "height": float(rng.uniform(0.15, 0.65)),
+        "proportions": float(rng.uniform(0.25, 0.75)),
     }
 
 
+def plausible(height_cm: float, weight_kg: float) -> bool:
+    bmi = weight_kg / (height_cm / 100.0) ** 2
+    return HEIGHT_CM[0] <= height_cm <= HEIGHT_CM[1] and BMI[0] <= bmi <= BMI[1]
+
+
 def make_set(out_dir: Path, n: int = 24, seed: int = 0, log=print) -> list[Path]:
-    """Write ``n`` cases ``case_XXX/{photo.png, truth.json, truth_mesh.npz}`` under ``out_dir``."""
+    """Write ``n`` cases ``case_XXX/{photo.png, truth.json, truth_mesh.npz, truth_mask.png}``
+    under ``out_dir`` (the mask is the true silhouette, for checking the segmenter)."""
     from inference.bodies.anny_body import AnnyBody
     from inference.stages.render import Renderer
     from inference.synthetic import render_truth, truth_for
@@ -51,14 +64,16 @@ def make_set(out_dir: Path, n: int = 24, seed: int = 0, log=print) -> list[Path]
     try:
         for i in range(n):
             gender = GENDERS[i % 2]
-            while True:  # keep heights in the adult range the issue asks for
+            while True:  # redraw until the body is a plausible adult
                 ph = sample_phenotypes(rng, gender)
                 truth = truth_for(body, **ph)
-                if 150.0 <= truth.height_cm <= 200.0:
+                if plausible(truth.height_cm, truth.weight_kg):
                     break
             case = out_dir / f"case_{i:03d}"
             case.mkdir(exist_ok=True)
-            Image.fromarray(render_truth(truth, body, renderer, rng)).save(case / "photo.png")
+            photo, mask = render_truth(truth, body, renderer, rng, with_mask=True)
+            Image.fromarray(photo).save(case / "photo.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(case / "truth_mask.png")
             # the second set: what a user who is a little off would type
             given = {"height_cm": round(truth.height_cm + float(rng.choice([-2.0, 2.0])), 1),
                      "weight_kg": round(truth.weight_kg + float(rng.choice([-5.0, 5.0])), 1)}

@@ -53,8 +53,9 @@ def truth_for(body: AnnyBody, gender: str, age: float = 0.8, muscle: float = 0.5
 
 def render_truth(truth: Truth, body: AnnyBody, renderer, rng: np.random.Generator,
                  size: tuple[int, int] = (768, 1024), distance: float = 3.0,
-                 focal_35mm: float = 50.0) -> np.ndarray:
-    """A photo of ``truth``'s body: (H, W, 3) uint8 RGB."""
+                 focal_35mm: float = 50.0, with_mask: bool = False):
+    """A photo of ``truth``'s body: (H, W, 3) uint8 RGB; with ``with_mask`` also its true
+    silhouette (H, W) bool (what a perfect segmenter would return)."""
     from inference.stages.render import focal_px_from_35mm, look_at_camera, outfit_masks
 
     w, h = size
@@ -71,7 +72,10 @@ def render_truth(truth: Truth, body: AnnyBody, renderer, rng: np.random.Generato
     cam = look_at_camera(v, "front", width=w, height=h, focal_px=f, distance=distance,
                          camera_height=float(rng.uniform(1.2, 1.5)))
     background = "gradient" if rng.random() < 0.7 else "noise"
-    return renderer.synthetic_photo(
+    photo = renderer.synthetic_photo(
         v, body.faces, cam, skin=SKINS[int(rng.integers(len(SKINS)))], clothing=clothing,
         clothing_mask=labels, hair_mask=masks["hair"], background=background, rng=rng,
     )
+    if not with_mask:
+        return photo
+    return photo, renderer.render_mesh(v, body.faces, cam)[2]

@@ -44,6 +44,8 @@ def build_anny(device: torch.device | str = "cpu"):
 class AnnyBody(BodyModel):
     name = "anny"
     shape_names = PHENOTYPES
+    # muscle against fat at a given mass: the question the photo answers
+    mass_search = (PHENOTYPES.index("muscle"), PHENOTYPES.index("weight"))
 
     def __init__(self, gender: str = "other", device: torch.device | str = "cpu"):
         t0 = time.perf_counter()

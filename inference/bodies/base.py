@@ -49,6 +49,9 @@ class BodyModel(ABC):
     uv: np.ndarray | None = None  # (T, 2) texture coordinates, origin bottom-left
     face_uv: np.ndarray | None = None  # (F, 3) indices into ``uv``
     shape_names: tuple[str, ...] = ()
+    # (a, b): shape entries for the fitter's coarse search: a grid over entry a, entry b solved
+    # so the mass matches (mass must grow with b); None: the model has no such pair
+    mass_search: tuple[int, int] | None = None
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
 

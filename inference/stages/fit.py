@@ -5,9 +5,14 @@ orientation and the translation of the body in the camera. What is *not* free:
 - height: the body is scaled so its rest-pose height equals the user's height exactly;
 - mass: with a weight given, rest volume × ``DENSITY`` is pulled onto it;
 - gender: chosen by the user.
-Losses: confidence-weighted robust keypoint reprojection; silhouette agreement (projected
-vertices inside the mask, and every mask contour point near the projected body); shape and pose
-priors with joint limits. Intrinsics come from EXIF (35 mm-equivalent focal) or a 50 mm default.
+Stages: A, the body turned and placed onto the torso keypoints; B, everything (Adam) on
+confidence-weighted robust keypoint reprojection, silhouette agreement (projected vertices inside
+the mask, and every mask contour point near the projected body), shape and pose priors with joint
+limits; C, the shape alone, pose and camera kept, on the trunk's width profile against the mask's
+(``widths``) with the mass held to the weight: a coarse search over muscle (fat solved for the
+mass), then Levenberg-Marquardt. C is what makes the photo tell muscle from fat: B's silhouette
+terms move the shape far less than the mass term and the priors do.
+Intrinsics come from EXIF (35 mm-equivalent focal) or a 50 mm default.
 Batch-first: B photos are fitted together (one body forward per step for all of them).
 """
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from inference.bodies.base import LIMB, LIMBS, BodyModel, rotvec_to_matrix
+from inference.stages import widths as W
 from inference.types import Camera, Subject, focal_px_from_35mm
 
 DENSITY = 985.0  # kg/m³, whole human body (with lungs); literature 985-1010
@@ -53,6 +59,14 @@ class FitConfig:
     w_pose: float = 0.002
     w_limits: float = 1.0
     use_photo: bool = True  # False: the photo-free baseline (height, weight, gender only)
+    # stage C: the shape alone, fitted to the trunk's width profile (Levenberg-Marquardt)
+    shape_solve: bool = True
+    shape_iterations: int = 12
+    coarse_grid: int = 7  # muscle values tried before stage C (see Fitter._coarse_start)
+    sigma_width_cm: float = 0.5  # per band
+    sigma_mass: float = 0.002  # relative: the typed weight is nearly a constraint
+    w_shape_solve_prior: float = 10.0
+    widths_relative: bool = True
 
 
 @dataclass
@@ -132,6 +146,10 @@ class Fitter:
             for ax, (a, b) in enumerate(lims):
                 lo[LIMB[name], ax], hi[LIMB[name], ax] = a, b
         self.limb_lo, self.limb_hi = lo.to(body.device), hi.to(body.device)
+        # trunk / arm labels by vertex index (they hold for every shape and pose)
+        labels = W.part_labels(body)
+        self.part_labels = labels
+        self.trunk_idx = torch.as_tensor(np.flatnonzero(labels == W.TRUNK), device=body.device)
 
     # ------------------------------------------------------------------------------------
     def fit(self, targets: list[FitTarget]) -> list[FitResult]:
@@ -261,6 +279,16 @@ class Fitter:
 
         with torch.no_grad():
             sh = body.clamp_shape(shape_var * free + fixed_shape * (1 - free))
+        limbs, rot, trans = limbs.detach(), rot.detach(), trans.detach()
+        solve_info: list[dict] = [{} for _ in targets]
+        if use_photo and cfg.shape_solve:
+            # -- stage C: the shape alone, pose and camera kept, on the trunk's width profile
+            for i, t in enumerate(targets):
+                sh[i], solve_info[i] = self._solve_shape(
+                    sh[i], free[i], subjects[i], t, limbs[i], rot[i], trans[i], Kt[i],
+                    float(heights[i]), float(weights[i]) if bool(has_w[i]) else None)
+
+        with torch.no_grad():
             out = forward(sh, limbs, rot, trans, photo=use_photo)
             # the height is defined on the standing A-pose mesh (what is measured and exported);
             # it differs from the rest mesh's by millimetres: make it exact there
@@ -291,6 +319,7 @@ class Fitter:
                     diag = {}
                 diag["loss_first"], diag["loss_last"] = history[0], history[-1]
                 diag["iterations"] = iters
+                diag.update(solve_info[i])
                 mass = float(out["mass"][i])
                 results.append(FitResult(
                     shape=sh[i:i + 1].detach().clone(), limbs=limbs[i:i + 1].detach().clone(),
@@ -298,6 +327,116 @@ class Fitter:
                     mass_kg=mass, volume_l=mass / DENSITY * 1000.0, standard=std, diagnostics=diag,
                 ))
         return results
+
+    def _posed_camera(self, shape: torch.Tensor, limbs: torch.Tensor, rot: torch.Tensor,
+                      trans: torch.Tensor, height_m: float):
+        """Candidate shapes (N, S) in one photo's fitted pose (limbs (L, 3), rot (3,), trans
+        (3,)): → (state, scale (N,), mass (N,), to_cam) with ``to_cam`` mapping (N, P, 3) body
+        points to the camera frame as the fit does (pelvis-centred, scaled to the height)."""
+        body = self.body
+        n = shape.shape[0]
+        st = body.posed(shape, limbs[None].expand(n, -1, -1))
+        rest = body.rest_vertices(st, shape)
+        scale = height_m / body.rest_height(rest)
+        mass = mesh_volume(rest, self.faces) * scale**3 * DENSITY
+        pelvis = 0.5 * (st.keypoints[:, 11] + st.keypoints[:, 12])
+        R = rotvec_to_matrix(rot[None]) @ FLIP.to(shape.device, shape.dtype)
+
+        def to_cam(x):
+            return ((x - pelvis[:, None]) * scale[:, None, None]) @ R.transpose(1, 2) + trans
+
+        return st, scale, mass, to_cam
+
+    @torch.no_grad()
+    def _solve_shape(self, shape, free, subject: Subject, target: FitTarget, limbs, rot, trans, K,
+                     height_m: float, weight_kg: float | None) -> tuple[torch.Tensor, dict]:
+        """Stage C: Levenberg-Marquardt on the free shape parameters of one photo, pose and
+        camera fixed, on ``_shape_residuals``. Few parameters and a stiff mass constraint: a
+        (finite-difference) Gauss-Newton step follows the constant-mass valley where a
+        first-order optimiser crawls."""
+        residuals, info = self._shape_residuals(shape, subject, target, limbs, rot, trans, K,
+                                                height_m, weight_kg)
+        if residuals is None:
+            return shape, info
+        start = self._coarse_start(residuals, shape, free, height_m, weight_kg)
+        x, cost0, cost = levenberg_marquardt(residuals, start, torch.nonzero(free > 0).flatten(),
+                                             self.body.clamp_shape, self.config.shape_iterations)
+        info.update(width_cost_first=round(cost0, 3), width_cost_last=round(cost, 3))
+        return x, info
+
+    @torch.no_grad()
+    def _coarse_start(self, residuals, shape, free, height_m: float, weight_kg: float | None):
+        """The best of a few candidates for stage C to start from: the shape so far and, where
+        the body model names a ``mass_search`` pair (Anny: muscle, weight), a grid over the first
+        with the second solved (bisection) for the typed mass. The mass surface is only piecewise
+        smooth (Anny interpolates between extreme bodies), so a local solver started on one side
+        of a kink does not see a better valley on the other."""
+        body = self.body
+        if body.mass_search is None or not all(bool(free[i] > 0) for i in body.mass_search):
+            return shape
+        a, b = body.mass_search
+        grid = torch.linspace(0.0, 1.0, self.config.coarse_grid, device=shape.device, dtype=shape.dtype)
+        X = shape[None].repeat(len(grid), 1)
+        X[:, a] = grid
+        if weight_kg is not None:
+            lo, hi = torch.zeros_like(grid), torch.ones_like(grid)
+            for _ in range(8):
+                X[:, b] = 0.5 * (lo + hi)
+                heavy = self._mass(body.clamp_shape(X.clone()), height_m) > weight_kg
+                hi, lo = torch.where(heavy, X[:, b], hi), torch.where(heavy, lo, X[:, b])
+            X[:, b] = 0.5 * (lo + hi)
+        X = torch.cat([shape[None], body.clamp_shape(X)])
+        costs = (residuals(X) ** 2).sum(1)
+        return X[int(torch.argmin(costs))]
+
+    def _mass(self, shape: torch.Tensor, height_m: float) -> torch.Tensor:
+        """(N, S) → (N,) kg at the given standing height."""
+        rest = self.body.rest(shape).vertices
+        scale = height_m / self.body.rest_height(rest)
+        return mesh_volume(rest, self.faces) * scale**3 * DENSITY
+
+    @torch.no_grad()
+    def _shape_residuals(self, shape, subject: Subject, target: FitTarget, limbs, rot, trans, K,
+                         height_m: float, weight_kg: float | None):
+        """The residuals stage C minimises, as a function of candidate shapes (N, S) → (N, R):
+        the trunk's width in each trusted band against the mask's (``widths``; read against the
+        body's pixel height), the mass against the typed weight, and the shape prior. The bands
+        and the mask's widths are read once, with the body as fitted so far. None when the mask
+        has too few trusted bands."""
+        cfg, body = self.config, self.body
+
+        def project(x):
+            return x[..., :2] / x[..., 2:3].clamp(min=1e-3) * K[:1] + K[1:]
+
+        st, _, _, to_cam = self._posed_camera(shape[None], limbs, rot, trans, height_m)
+        uv = project(to_cam(st.vertices))[0].cpu().numpy()
+        kp_uv = project(to_cam(st.keypoints))[0].cpu().numpy()
+        wt = W.mask_widths(target.mask, uv, self.part_labels, kp_uv)
+        info = {"width_bands": wt.count}
+        if wt.count < 3:
+            return None, info
+        edges = torch.as_tensor(wt.edges, device=shape.device, dtype=shape.dtype)
+        valid = torch.as_tensor(wt.valid, device=shape.device)
+        want = torch.as_tensor(wt.width_px[wt.valid], device=shape.device, dtype=shape.dtype)
+        cm_per_px = 100.0 * height_m / max(float(np.ptp(uv[:, 1])), 1.0)
+
+        def residuals(X):  # (N, S) → (N, R)
+            st, _, mass, to_cam = self._posed_camera(X, limbs, rot, trans, height_m)
+            uv = project(to_cam(st.vertices))
+            lo, hi = W.band_extents(uv[:, self.trunk_idx], edges)
+            width = (hi - lo)[:, valid]
+            if cfg.widths_relative:  # read against the body's height in pixels, not the camera distance
+                model_h = uv[..., 1].amax(-1) - uv[..., 1].amin(-1)
+                width = width * (wt.height_px / model_h)[:, None]
+            res = [torch.nan_to_num((width - want) * cm_per_px / cfg.sigma_width_cm, nan=0.0,
+                                    posinf=0.0, neginf=0.0)]
+            if weight_kg is not None:
+                res.append(((mass - weight_kg) / weight_kg / cfg.sigma_mass)[:, None])
+            prior = body.shape_prior(X, subject)
+            res.append(torch.sqrt(cfg.w_shape_solve_prior * prior + 1e-12)[:, None])
+            return torch.cat(res, 1)
+
+        return residuals, info
 
     @staticmethod
     def _diagnostics(kp_proj, target: FitTarget, term: _PhotoTerms, cam: Camera, posed) -> dict:
@@ -315,6 +454,41 @@ class Fitter:
             "keypoint_error_rel": float(err[seen].mean() / ph) if seen.any() else None,
             "vertices_in_silhouette": frac_in,
         }
+
+
+def levenberg_marquardt(residuals, x0: torch.Tensor, free_idx: torch.Tensor, clamp,
+                        iterations: int, h: float = 0.01) -> tuple[torch.Tensor, float, float]:
+    """Minimise ``sum(residuals(X)**2)`` over the entries ``free_idx`` of the (S,) vector ``x0``;
+    ``residuals``: (N, S) → (N, R), batched (the finite-difference Jacobian and the trial steps
+    are one call each); ``clamp``: (N, S) → (N, S) onto the valid range. → (x, first cost, last)."""
+    x = x0.clone()
+    cost0 = cost = float((residuals(x[None])[0] ** 2).sum())
+    lam = 1e-2
+    for _ in range(iterations):
+        X = x[None].repeat(len(free_idx) + 1, 1)
+        room = clamp(x[None] + h)[0] - x  # forward differences, backward at an upper bound
+        steps = torch.where(room[free_idx] > 0.5 * h, h, -h).to(x.dtype)
+        X[1 + torch.arange(len(free_idx)), free_idx] += steps
+        R = residuals(X)
+        J = (R[1:] - R[:1]) / steps[:, None]  # (F, R)
+        A, g = J @ J.T, J @ R[0]
+        eye = torch.eye(len(A), device=A.device, dtype=A.dtype)
+        trials = []
+        for lm in (lam / 4, lam, lam * 4):
+            delta = -torch.linalg.solve(A + lm * torch.diag(torch.diagonal(A)) + 1e-9 * eye, g)
+            xt = x.clone()
+            xt[free_idx] += delta
+            trials.append((lm, clamp(xt[None])[0]))
+        costs = (residuals(torch.stack([t for _, t in trials])) ** 2).sum(1)
+        best = int(torch.argmin(costs))
+        if float(costs[best]) < cost:
+            done = cost - float(costs[best]) < 1e-3 * cost
+            lam, x, cost = trials[best][0], trials[best][1], float(costs[best])
+            if done:
+                break
+        else:
+            lam *= 16
+    return x, cost0, cost
 
 
 def _front_camera(vertices: np.ndarray, width: int, height: int, f: float) -> Camera:

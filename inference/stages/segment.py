@@ -15,8 +15,8 @@ import numpy as np
 from inference.types import Detection
 
 SKELETON = (
-    (5, 6), (5, 7), (7, 9), (6, 8), (8, 10), (5, 11), (6, 12), (11, 12),
-    (11, 13), (13, 15), (12, 14), (14, 16), (0, 5), (0, 6),
+    (5, 7), (7, 9), (6, 8), (8, 10), (11, 12),
+    (11, 13), (13, 15), (12, 14), (14, 16),
 )
 GRABCUT_SIDE = 360  # GrabCut works on a crop scaled to this longest side (speed)
 GRABCUT_ITERS = 4
@@ -74,10 +74,13 @@ def grabcut_person(image: np.ndarray, subject: Detection) -> np.ndarray:
     kp = subject.keypoints.copy()
     kp[:, 0] = (kp[:, 0] - cx1) * s
     kp[:, 1] = (kp[:, 1] - cy1) * s
-    body_w = max(bx2 - bx1, 1)
-    # a fat skeleton = probably person, a thin one = surely person
-    _draw_skeleton(mask, kp, max(2, int(0.16 * body_w)), cv2.GC_PR_FGD)
-    _draw_skeleton(mask, kp, max(1, int(0.035 * body_w)), cv2.GC_FGD)
+    body_h = max(by2 - by1, 1)
+    # a fat skeleton = probably person, a thin one = surely person; limbs as thick as limbs are
+    # (a fatter arm line would claim the background between the arm and the torso), and the
+    # head's oval (else dark hair can go to the background, and the top of the head with it)
+    _draw_skeleton(mask, kp, max(2, int(0.05 * body_h)), max(2, int(0.03 * body_h)), cv2.GC_PR_FGD)
+    _draw_head(mask, kp, 0.075 * body_h, cv2.GC_PR_FGD)
+    _draw_skeleton(mask, kp, max(1, int(0.015 * body_h)), max(1, int(0.012 * body_h)), cv2.GC_FGD)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)
     try:
@@ -94,15 +97,36 @@ def grabcut_person(image: np.ndarray, subject: Detection) -> np.ndarray:
     return full > 127
 
 
-def _draw_skeleton(mask: np.ndarray, kp: np.ndarray, thickness: int, value: int) -> None:
+ARMS = {(5, 7), (7, 9), (6, 8), (8, 10)}
+
+
+def _draw_skeleton(mask: np.ndarray, kp: np.ndarray, thickness: int, arm_thickness: int, value: int) -> None:
     for a, b in SKELETON:
         if kp[a, 2] >= 0.3 and kp[b, 2] >= 0.3:
             pa = (int(round(kp[a, 0])), int(round(kp[a, 1])))
             pb = (int(round(kp[b, 0])), int(round(kp[b, 1])))
-            cv2.line(mask, pa, pb, value, thickness)
+            cv2.line(mask, pa, pb, value, arm_thickness if (a, b) in ARMS else thickness)
     torso = [i for i in (5, 6, 12, 11) if kp[i, 2] >= 0.3]
     if len(torso) == 4:
-        cv2.fillConvexPoly(mask, np.round(kp[torso, :2]).astype(np.int32), value)
+        # the shoulder joints stand out beyond the chest: pull them in, or the polygon's sides
+        # would claim the background beside the waist
+        quad = kp[[5, 6, 12, 11], :2].copy()
+        mid = quad[:2].mean(0)
+        quad[:2] = mid + 0.7 * (quad[:2] - mid)
+        cv2.fillConvexPoly(mask, np.round(quad).astype(np.int32), value)
+        if kp[0, 2] >= 0.3:  # the neck: shoulders' middle to the nose
+            cv2.line(mask, (int(round(mid[0])), int(round(mid[1]))),
+                     (int(round(kp[0, 0])), int(round(kp[0, 1]))), value, arm_thickness)
+
+
+def _draw_head(mask: np.ndarray, kp: np.ndarray, radius: float, value: int) -> None:
+    """An oval of the head's size around the face keypoints (the eyes sit mid-height)."""
+    face = kp[:5][kp[:5, 2] >= 0.3]
+    if len(face) == 0 or radius < 1:
+        return
+    cx, cy = face[:, 0].mean(), face[:, 1].mean()
+    cv2.ellipse(mask, (int(round(cx)), int(round(cy - 0.15 * radius))), (max(1, int(0.7 * radius)), max(1, int(radius))),
+                0.0, 0.0, 360.0, value, -1)
 
 
 def _largest_component(fg: np.ndarray) -> np.ndarray:
