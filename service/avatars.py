@@ -27,12 +27,12 @@ def photo_key(tenant: str, photo_id: str) -> str:
 
 async def store_photo(svc: Services, who: Principal, data: bytes) -> tuple[str, str]:
     """Check an upload is a JPEG/PNG/WebP that decodes within the pipeline's limits; store it."""
-    from inference.stages.load import load_photo
+    from inference.stages.load import DEFAULT_MAX_PIXELS, load_photo
 
     content_type = sniff_image(data)
     if content_type is None:
         raise ApiError(415, "unsupported_image_type", "upload a JPEG, PNG or WebP photo")
-    await asyncio.to_thread(load_photo, data, max_pixels=50_000_000, work_size=256)  # InputError → 422
+    await asyncio.to_thread(load_photo, data, max_pixels=DEFAULT_MAX_PIXELS, work_size=256)  # InputError → 422
     photo_id = new_id()
     await svc.storage.put_bytes(photo_key(who.tenant, photo_id), data, content_type)
     return photo_id, content_type

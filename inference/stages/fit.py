@@ -193,10 +193,8 @@ class Fitter:
         def forward(shape_, limbs_, rot_, trans_, photo=True):
             st = body.posed(shape_, limbs_)
             rest, posed = body.rest_vertices(st, shape_), st.vertices
-            scale = heights / body.rest_height(rest)
-            out = {"scale": scale, "rest": rest}
-            vol = mesh_volume(rest, self.faces) * scale**3
-            out["mass"] = vol * DENSITY
+            scale, mass = self._scale_and_mass(rest, heights)
+            out = {"scale": scale, "rest": rest, "mass": mass}
             if photo:
                 # centre the body on its pelvis so the translation is the pelvis position
                 kp = st.keypoints
@@ -336,9 +334,7 @@ class Fitter:
         body = self.body
         n = shape.shape[0]
         st = body.posed(shape, limbs[None].expand(n, -1, -1))
-        rest = body.rest_vertices(st, shape)
-        scale = height_m / body.rest_height(rest)
-        mass = mesh_volume(rest, self.faces) * scale**3 * DENSITY
+        scale, mass = self._scale_and_mass(body.rest_vertices(st, shape), height_m)
         pelvis = 0.5 * (st.keypoints[:, 11] + st.keypoints[:, 12])
         R = rotvec_to_matrix(rot[None]) @ FLIP.to(shape.device, shape.dtype)
 
@@ -391,9 +387,13 @@ class Fitter:
 
     def _mass(self, shape: torch.Tensor, height_m: float) -> torch.Tensor:
         """(N, S) → (N,) kg at the given standing height."""
-        rest = self.body.rest(shape).vertices
+        return self._scale_and_mass(self.body.rest(shape).vertices, height_m)[1]
+
+    def _scale_and_mass(self, rest: torch.Tensor, height_m) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rest meshes (N, V, 3) → (scale (N,) that makes them ``height_m`` tall, mass (N,) kg
+        of the scaled body at ``DENSITY``)."""
         scale = height_m / self.body.rest_height(rest)
-        return mesh_volume(rest, self.faces) * scale**3 * DENSITY
+        return scale, mesh_volume(rest, self.faces) * scale**3 * DENSITY
 
     @torch.no_grad()
     def _shape_residuals(self, shape, subject: Subject, target: FitTarget, limbs, rot, trans, K,
