@@ -43,6 +43,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     er.add_argument("set_dir", type=Path)
     er.add_argument("--device", default="auto")
     er.add_argument("--json", dest="json_out", type=Path, default=None, help="also write the report here")
+    ek = esub.add_parser("keypoint-offsets", help="where the pose detector puts each keypoint "
+                         "relative to the body model's own (the fit's calibration table)")
+    ek.add_argument("set_dir", type=Path)
+    ek.add_argument("--device", default="auto")
 
     w = sub.add_parser("weights", help="place or verify model weights")
     wsub = w.add_subparsers(dest="weights_command", required=True)
@@ -189,6 +193,10 @@ def _eval(args) -> int:
             raise InputError("--n must be at least 1", "invalid_argument")
         cases = evaluation.make_set(args.out_dir, n=args.n, seed=args.seed)
         print(f"wrote {len(cases)} cases to {args.out_dir}")
+        return 0
+    if args.eval_command == "keypoint-offsets":
+        result = evaluation.keypoint_offsets(args.set_dir, device=args.device)
+        print(evaluation.format_offsets(result))
         return 0
     report = evaluation.run_eval(args.set_dir, device=args.device)
     print(evaluation.format_report(report))

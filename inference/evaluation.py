@@ -71,13 +71,16 @@ def make_set(out_dir: Path, n: int = 24, seed: int = 0, log=print) -> list[Path]
                     break
             case = out_dir / f"case_{i:03d}"
             case.mkdir(exist_ok=True)
-            photo, mask = render_truth(truth, body, renderer, rng, with_mask=True)
+            photo, mask, cam = render_truth(truth, body, renderer, rng, with_mask=True)
             Image.fromarray(photo).save(case / "photo.png")
             Image.fromarray(mask.astype(np.uint8) * 255).save(case / "truth_mask.png")
             # the second set: what a user who is a little off would type
             given = {"height_cm": round(truth.height_cm + float(rng.choice([-2.0, 2.0])), 1),
                      "weight_kg": round(truth.weight_kg + float(rng.choice([-5.0, 5.0])), 1)}
-            (case / "truth.json").write_text(json.dumps({**truth.to_json(), "perturbed_input": given}, indent=2))
+            camera = {"fx": cam.fx, "fy": cam.fy, "cx": cam.cx, "cy": cam.cy, "width": cam.width,
+                      "height": cam.height, "R": cam.R.tolist(), "t": cam.t.tolist()}
+            (case / "truth.json").write_text(json.dumps(
+                {**truth.to_json(), "perturbed_input": given, "camera": camera}, indent=2))
             np.savez_compressed(case / "truth_mesh.npz", vertices=truth.vertices.astype(np.float32))
             cases.append(case)
             log(f"{case.name}: {gender:6s} {truth.height_cm:5.1f} cm {truth.weight_kg:5.1f} kg "
@@ -175,6 +178,76 @@ def run_eval(set_dir: Path, device: str = "auto", log=print) -> dict:
         pipe.close()
     return {"set": str(set_dir), "cases": len(cases), "device": pipe.device,
             "rows": {k: r.summary() for k, r in rows.items()}, "per_case": per_case}
+
+
+COCO_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
+              "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
+              "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle")
+
+
+def keypoint_offsets(set_dir: Path, device: str = "auto", log=print) -> dict:
+    """Where the pose detector puts each COCO keypoint on a set's photos, relative to the body
+    model's own keypoints projected with the true camera: per keypoint the mean and spread of
+    (outward, up) in torso lengths, left and right pooled (the body is symmetric). This is the
+    table the fitter corrects its model keypoints by (``BodyModel.detector_offsets``): the two
+    keypoint conventions differ (the detector's hips sit higher, its ankles lower and wider)."""
+    from inference.bodies.anny_body import AnnyBody
+    from inference.pipeline import PipelineConfig, resolve_device
+    from inference.stages.detect import Detector, choose_subject
+    from inference.stages.load import load_photo
+    from inference import weights as W
+    from inference.types import Camera
+    import torch
+
+    cases = sorted(p for p in Path(set_dir).glob("case_*") if (p / "truth.json").is_file())
+    cases = [c for c in cases if "camera" in json.loads((c / "truth.json").read_text())]
+    if not cases:
+        raise AvatarError(f"{set_dir} holds no case with a stored camera: make one with `avatar eval make-set`")
+    dev = resolve_device(device)
+    detector = Detector(W.pose_weights(Path(PipelineConfig().weights_dir)), dev)
+    body = AnnyBody(device=dev)
+    side = np.array([0.0] + [1.0, -1.0] * 8)  # +1 left, -1 right (image x grows to the body's left)
+    samples = []
+    for case in cases:
+        truth = json.loads((case / "truth.json").read_text())
+        c = truth["camera"]
+        cam = Camera(c["fx"], c["fy"], c["cx"], c["cy"], c["width"], c["height"],
+                     np.array(c["R"]), np.array(c["t"]))
+        v = np.load(case / "truth_mesh.npz")["vertices"]
+        with torch.no_grad():
+            kp = body.keypoints_from_vertices(torch.as_tensor(v[None], dtype=body.dtype, device=body.device))
+        model_uv = cam.project(kp[0].cpu().numpy().astype(np.float64))
+        photo = load_photo(case / "photo.png")
+        found = choose_subject(detector.detect([photo.image])[0], photo.image.shape).keypoints
+        sx, sy = photo.image.shape[1] / c["width"], photo.image.shape[0] / c["height"]
+        det_uv = found[:, :2] / [sx, sy]
+        torso = np.linalg.norm(0.5 * (model_uv[11] + model_uv[12]) - 0.5 * (model_uv[5] + model_uv[6]))
+        d = (det_uv - model_uv) / torso
+        seen = found[:, 2] >= 0.3
+        samples.append(np.where(seen[:, None], np.stack([d[:, 0] * side, -d[:, 1]], 1), np.nan))
+    s = np.array(samples)  # (cases, 17, 2) (outward, up)
+    rows = {}
+    for k, name in enumerate(COCO_NAMES):
+        pair = [k] if k == 0 else [k, k + 1] if k % 2 else [k - 1, k]
+        x = s[:, pair].reshape(-1, 2)
+        x = x[~np.isnan(x).any(1)]
+        if k == 0:
+            x[:, 0] = 0.0  # on the mid-line: no outward
+        rows[name] = {"outward": round(float(x[:, 0].mean()), 3), "up": round(float(x[:, 1].mean()), 3),
+                      "sd_outward": round(float(x[:, 0].std()), 3), "sd_up": round(float(x[:, 1].std()), 3),
+                      "n": int(len(x))}
+    log(f"{len(cases)} photos")
+    return {"set": str(set_dir), "cases": len(cases), "detector": detector.name, "body_model": body.name,
+            "offsets": rows}
+
+
+def format_offsets(result: dict) -> str:
+    lines = [f"detector keypoints relative to {result['body_model']}'s, torso lengths, "
+             f"{result['cases']} photos: name outward up (sd)"]
+    for name, r in result["offsets"].items():
+        lines.append(f"{name:15s} {r['outward']:+.3f} {r['up']:+.3f}   ({r['sd_outward']:.3f} {r['sd_up']:.3f})")
+    table = ", ".join(f"({r['outward']:+.3f}, {r['up']:+.3f})" for r in result["offsets"].values())
+    return "\n".join(lines + ["as a table: (" + table + ")"])
 
 
 def _read_vertices(path: Path) -> np.ndarray:

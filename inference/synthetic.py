@@ -54,8 +54,8 @@ def truth_for(body: AnnyBody, gender: str, age: float = 0.8, muscle: float = 0.5
 def render_truth(truth: Truth, body: AnnyBody, renderer, rng: np.random.Generator,
                  size: tuple[int, int] = (768, 1024), distance: float = 3.0,
                  focal_35mm: float = 50.0, with_mask: bool = False):
-    """A photo of ``truth``'s body: (H, W, 3) uint8 RGB; with ``with_mask`` also its true
-    silhouette (H, W) bool (what a perfect segmenter would return)."""
+    """A photo of ``truth``'s body: (H, W, 3) uint8 RGB; with ``with_mask`` → (photo, its true
+    silhouette (H, W) bool (what a perfect segmenter would return), the camera)."""
     from inference.stages.render import focal_px_from_35mm, look_at_camera, outfit_masks
 
     w, h = size
@@ -78,4 +78,4 @@ def render_truth(truth: Truth, body: AnnyBody, renderer, rng: np.random.Generato
     )
     if not with_mask:
         return photo
-    return photo, renderer.render_mesh(v, body.faces, cam)[2]
+    return photo, renderer.render_mesh(v, body.faces, cam)[2], cam

@@ -66,3 +66,24 @@ def test_the_photo_beats_the_photo_free_baseline_on_every_girth(report):
     for key in ("chest", "waist", "hip"):
         assert pipe[key]["max"] <= 4.0, (key, pipe[key])
         assert pipe[key]["mean"] < base[key]["mean"], (key, pipe[key], base[key])
+
+
+def test_keypoint_offsets_agree_with_the_fitters_table(eval_set):
+    """The calibration table the fitter uses (measured on a separate set) still describes the
+    detector on this set: the detector's hips sit higher and its ankles lower and wider than
+    Anny's own keypoints."""
+    from inference.bodies.anny_body import AnnyBody
+    from inference.evaluation import COCO_NAMES
+
+    r = avatar("eval", "keypoint-offsets", eval_set, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    measured = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if parts and parts[0] in COCO_NAMES:
+            measured[parts[0]] = (float(parts[1]), float(parts[2]))
+    assert set(measured) == set(COCO_NAMES)
+    table = dict(zip(COCO_NAMES, AnnyBody.detector_offsets))
+    for name in ("left_hip", "left_knee", "left_ankle", "left_shoulder"):
+        assert measured[name] == pytest.approx(table[name], abs=0.04), name
+    assert measured["left_hip"][1] > 0.02 and measured["left_ankle"][1] < -0.03

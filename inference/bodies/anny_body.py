@@ -46,6 +46,16 @@ class AnnyBody(BodyModel):
     shape_names = PHENOTYPES
     # muscle against fat at a given mass: the question the photo answers
     mass_search = (PHENOTYPES.index("muscle"), PHENOTYPES.index("weight"))
+    # yolo11n-pose against Anny's COCO regressor, (outward, up) in torso lengths, measured with
+    # `avatar eval make-set /tmp/calib24 --n 24 --seed 100 && avatar eval keypoint-offsets
+    # /tmp/calib24` (a set apart from the seed-0 evaluation set): the detector's hips sit ~5 %
+    # of the torso higher, its ankles ~6 % lower and ~5 % wider than Anny's
+    detector_offsets = (
+        (0.0, -0.002), (0.002, 0.001), (0.002, 0.001), (0.006, 0.010), (0.006, 0.010),
+        (-0.015, 0.024), (-0.015, 0.024), (-0.005, 0.023), (-0.005, 0.023),
+        (0.029, 0.014), (0.029, 0.014), (0.013, 0.054), (0.013, 0.054),
+        (0.011, 0.025), (0.011, 0.025), (0.046, -0.061), (0.046, -0.061),
+    )
 
     def __init__(self, gender: str = "other", device: torch.device | str = "cpu"):
         t0 = time.perf_counter()

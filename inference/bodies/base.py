@@ -52,6 +52,10 @@ class BodyModel(ABC):
     # (a, b): shape entries for the fitter's coarse search: a grid over entry a, entry b solved
     # so the mass matches (mass must grow with b); None: the model has no such pair
     mass_search: tuple[int, int] | None = None
+    # where the pose detector puts each COCO keypoint relative to this model's regressor:
+    # (17, 2) (outward, up) in torso lengths, measured by ``avatar eval keypoint-offsets``;
+    # None: not measured (the fitter then compares the two as they are)
+    detector_offsets: tuple[tuple[float, float], ...] | None = None
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
 
@@ -99,6 +103,21 @@ class BodyModel(ABC):
         """(B, V, 3) → (B,) vertical extent."""
         y = vertices[..., 1]
         return y.amax(dim=-1) - y.amin(dim=-1)
+
+    def detector_keypoints(self, keypoints: torch.Tensor) -> torch.Tensor:
+        """(B, 17, 3) model keypoints (body frame, upright) → where the pose detector would put
+        them: shifted by ``detector_offsets`` (outward = away from the body's mid-line on that
+        side, up = +Y), scaled by the body's own torso length."""
+        if self.detector_offsets is None:
+            return keypoints
+        off = torch.as_tensor(self.detector_offsets, device=keypoints.device, dtype=keypoints.dtype)
+        torso = (0.5 * (keypoints[:, L_SHOULDER] + keypoints[:, R_SHOULDER])
+                 - 0.5 * (keypoints[:, L_HIP] + keypoints[:, R_HIP])).norm(dim=-1)  # (B,)
+        side = torch.tensor([0.0] + [1.0, -1.0] * 8, device=keypoints.device, dtype=keypoints.dtype)
+        shift = torch.zeros_like(keypoints)
+        shift[..., 0] = off[:, 0] * side
+        shift[..., 1] = off[:, 1]
+        return keypoints + shift * torso[:, None, None]
 
     def zero_limbs(self, batch: int = 1) -> torch.Tensor:
         return torch.zeros(batch, len(LIMBS), 3, device=self.device, dtype=self.dtype)

@@ -6,12 +6,18 @@ orientation and the translation of the body in the camera. What is *not* free:
 - mass: with a weight given, rest volume × ``DENSITY`` is pulled onto it;
 - gender: chosen by the user.
 Stages: A, the body turned and placed onto the torso keypoints; B, everything (Adam) on
-confidence-weighted robust keypoint reprojection, silhouette agreement (projected vertices inside
-the mask, and every mask contour point near the projected body), shape and pose priors with joint
-limits; C, the shape alone, pose and camera kept, on the trunk's width profile against the mask's
-(``widths``) with the mass held to the weight: a coarse search over muscle (fat solved for the
-mass), then Levenberg-Marquardt. C is what makes the photo tell muscle from fat: B's silhouette
-terms move the shape far less than the mass term and the priors do.
+confidence-weighted robust keypoint reprojection (the model's keypoints moved to where the pose
+detector puts them: ``BodyModel.detector_offsets``), silhouette agreement (projected vertices
+inside the mask, and every mask contour point near the projected body), shape and pose priors
+(the pose toward the A-pose the photo is asked for, most on what a front view hardly shows:
+bending toward the camera, twisting, turning away) with joint limits; C, the shape alone, pose
+and camera kept, on the trunk's width profile against the mask's (``widths``; the model's widths
+offset by what its own rasterised silhouette reads, so both sides are measured alike) with the
+mass held to the weight: a coarse search over muscle (fat solved for the mass), then
+Levenberg-Marquardt. C is what makes the photo tell muscle from fat: B's silhouette terms move
+the shape far less than the mass term and the priors do. Then the pose and camera are fitted
+again for C's shape (B without the shape) and C runs once more (``rounds``): the pose found
+with the wrong shape biases the widths C reads.
 Intrinsics come from EXIF (35 mm-equivalent focal) or a 50 mm default.
 Batch-first: B photos are fitted together (one body forward per step for all of them).
 """
@@ -56,7 +62,13 @@ class FitConfig:
     w_cover: float = 0.5
     w_mass: float = 3.0
     w_shape: float = 0.1
-    w_pose: float = 0.002
+    # pose prior: limbs pulled toward the standard A-pose, per body axis (x: bending toward or
+    # away from the camera, y: twisting, z: in the picture's plane, which the photo shows)
+    w_pose: float = 0.5
+    pose_axis_weights: tuple = (1.0, 1.0, 0.05)
+    w_yaw: float = 5.0  # the body turned away from facing the camera
+    rounds: int = 2  # stage C, then (pose and camera again, stage C) rounds - 1 more times
+    refit_iterations: int = 40
     w_limits: float = 1.0
     use_photo: bool = True  # False: the photo-free baseline (height, weight, gender only)
     # stage C: the shape alone, fitted to the trunk's width profile (Levenberg-Marquardt)
@@ -167,6 +179,8 @@ class Fitter:
         use_photo = cfg.use_photo and all(t.keypoints is not None and t.mask is not None for t in targets)
 
         limbs = body.standard_pose(shape, "apose").clone()
+        apose = limbs.clone()
+        pose_w = torch.tensor(cfg.pose_axis_weights, device=dev, dtype=dt)
         rot = torch.zeros(B, 3, device=dev, dtype=dt)
         trans = torch.zeros(B, 3, device=dev, dtype=dt)
         K = []
@@ -202,7 +216,7 @@ class Fitter:
                 R = rotvec_to_matrix(rot_) @ flip
                 def to_cam(x):
                     return ((x - pelvis[:, None]) * scale[:, None, None]) @ R.transpose(1, 2) + trans_[:, None]
-                out["kp_cam"] = to_cam(kp)
+                out["kp_cam"] = to_cam(body.detector_keypoints(kp))  # as the detector would see them
                 out["v_cam"] = to_cam(posed[:, self.sil_idx])
                 out["R"], out["pelvis"] = R, pelvis
                 out["posed"] = posed
@@ -236,55 +250,65 @@ class Fitter:
                 optA.step()
             rot, trans = rot.detach(), trans.detach()
 
-        # -- stage B: everything
-        shape_var = shape.clone().requires_grad_(True)
-        limbs.requires_grad_(True)
-        params = [shape_var, limbs]
-        if use_photo:
-            rot.requires_grad_(True)
-            trans.requires_grad_(True)
-            params += [rot, trans]
-        opt = torch.optim.Adam(params, lr=cfg.lr)
-        iters = cfg.iterations if use_photo else max(40, cfg.iterations // 2)
-        history = []
-        for it in range(iters):
-            sh = shape_var * free + fixed_shape * (1 - free)
-            out = forward(sh, limbs, rot, trans, photo=use_photo)
-            loss = torch.zeros((), device=dev, dtype=dt)
-            mass_err = ((out["mass"] - weights) / weights) ** 2 * has_w
-            loss = loss + cfg.w_mass * 100.0 * mass_err.sum()
-            prior = torch.cat([body.shape_prior(sh[i:i + 1], s) for i, s in enumerate(subjects)])
-            loss = loss + cfg.w_shape * prior.sum()
+        def stage_b(shape0, limbs, rot, trans, iters: int, shape_free: bool):
+            """Adam on the pose, the camera and (with ``shape_free``) the shape."""
+            shape_var = shape0.clone().requires_grad_(shape_free)
+            limbs = limbs.clone().requires_grad_(True)
+            params = [limbs] + ([shape_var] if shape_free else [])
             if use_photo:
-                uv_kp = project(out["kp_cam"])
-                r2 = (((uv_kp - kp2d[..., :2]) / pix_h[:, None, None]) ** 2).sum(-1)
-                loss = loss + cfg.w_keypoints * 100.0 * (conf * robust(r2, 0.05**2) * 0.05**2).sum()
-                uv_v = project(out["v_cam"])
-                for i, term in enumerate(terms):
-                    d_out = term.sample_outside(uv_v[i]) / pix_h[i]
-                    loss = loss + cfg.w_inside * 100.0 * (d_out**2).mean()
-                    d_cover = torch.cdist(term.contour, uv_v[i]).amin(1) / pix_h[i]
-                    loss = loss + cfg.w_cover * 100.0 * (d_cover**2).mean()
-                excess = (limbs - self.limb_hi).clamp(min=0) + (self.limb_lo - limbs).clamp(min=0)
-                loss = loss + cfg.w_limits * 100.0 * (excess**2).sum()
-                loss = loss + cfg.w_pose * (limbs**2).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+                rot, trans = rot.clone().requires_grad_(True), trans.clone().requires_grad_(True)
+                params += [rot, trans]
+            opt = torch.optim.Adam(params, lr=cfg.lr)
+            for it in range(iters):
+                sh = shape_var * free + fixed_shape * (1 - free)
+                out = forward(sh, limbs, rot, trans, photo=use_photo)
+                loss = torch.zeros((), device=dev, dtype=dt)
+                if shape_free:
+                    mass_err = ((out["mass"] - weights) / weights) ** 2 * has_w
+                    loss = loss + cfg.w_mass * 100.0 * mass_err.sum()
+                    prior = torch.cat([body.shape_prior(sh[i:i + 1], s) for i, s in enumerate(subjects)])
+                    loss = loss + cfg.w_shape * prior.sum()
+                if use_photo:
+                    uv_kp = project(out["kp_cam"])
+                    r2 = (((uv_kp - kp2d[..., :2]) / pix_h[:, None, None]) ** 2).sum(-1)
+                    loss = loss + cfg.w_keypoints * 100.0 * (conf * robust(r2, 0.05**2) * 0.05**2).sum()
+                    uv_v = project(out["v_cam"])
+                    for i, term in enumerate(terms):
+                        d_out = term.sample_outside(uv_v[i]) / pix_h[i]
+                        loss = loss + cfg.w_inside * 100.0 * (d_out**2).mean()
+                        d_cover = torch.cdist(term.contour, uv_v[i]).amin(1) / pix_h[i]
+                        loss = loss + cfg.w_cover * 100.0 * (d_cover**2).mean()
+                    excess = (limbs - self.limb_hi).clamp(min=0) + (self.limb_lo - limbs).clamp(min=0)
+                    loss = loss + cfg.w_limits * 100.0 * (excess**2).sum()
+                    # the photo is asked for in the A-pose: leaning, bending toward the camera
+                    # and twisting are what a front view hardly shows, so they cost most
+                    loss = loss + cfg.w_pose * (((limbs - apose) ** 2) * pose_w).sum()
+                    loss = loss + cfg.w_yaw * (rot[:, 1] ** 2).sum()  # facing the camera
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if shape_free:
+                    with torch.no_grad():
+                        shape_var.copy_(body.clamp_shape(shape_var))
+                history.append(float(loss.detach()))
             with torch.no_grad():
-                shape_var.copy_(body.clamp_shape(shape_var))
-            history.append(float(loss.detach()))
+                sh = body.clamp_shape(shape_var * free + fixed_shape * (1 - free))
+            return sh, limbs.detach(), rot.detach(), trans.detach()
 
-        with torch.no_grad():
-            sh = body.clamp_shape(shape_var * free + fixed_shape * (1 - free))
-        limbs, rot, trans = limbs.detach(), rot.detach(), trans.detach()
+        # -- stage B: everything
+        history: list[float] = []
+        iters = cfg.iterations if use_photo else max(40, cfg.iterations // 2)
+        sh, limbs, rot, trans = stage_b(shape, limbs, rot, trans, iters, True)
         solve_info: list[dict] = [{} for _ in targets]
         if use_photo and cfg.shape_solve:
-            # -- stage C: the shape alone, pose and camera kept, on the trunk's width profile
-            for i, t in enumerate(targets):
-                sh[i], solve_info[i] = self._solve_shape(
-                    sh[i], free[i], subjects[i], t, limbs[i], rot[i], trans[i], Kt[i],
-                    float(heights[i]), float(weights[i]) if bool(has_w[i]) else None)
+            for round_ in range(cfg.rounds):
+                if round_:  # the pose and camera again, for the shape stage C found
+                    _, limbs, rot, trans = stage_b(sh, limbs, rot, trans, cfg.refit_iterations, False)
+                # -- stage C: the shape alone, pose and camera kept, on the trunk's width profile
+                for i, t in enumerate(targets):
+                    sh[i], solve_info[i] = self._solve_shape(
+                        sh[i], free[i], subjects[i], t, limbs[i], rot[i], trans[i], Kt[i],
+                        float(heights[i]), float(weights[i]) if bool(has_w[i]) else None)
 
         with torch.no_grad():
             out = forward(sh, limbs, rot, trans, photo=use_photo)
@@ -412,21 +436,31 @@ class Fitter:
         uv = project(to_cam(st.vertices))[0].cpu().numpy()
         kp_uv = project(to_cam(st.keypoints))[0].cpu().numpy()
         wt = W.mask_widths(target.mask, uv, self.part_labels, kp_uv)
-        info = {"width_bands": wt.count}
-        if wt.count < 3:
+        # the same measurement on the model's own silhouette: what a mask of this body would
+        # show against its vertices' extents (pixel edges, skin that follows the arms): the
+        # offset is added to the model's widths so both sides are read alike
+        own = W.mask_widths(W.rasterize(uv, self.body.faces, target.mask.shape), uv, self.part_labels, kp_uv)
+        t_lo, t_hi = W.band_extents(torch.as_tensor(uv[None][:, self.part_labels == W.TRUNK]),
+                                    torch.as_tensor(wt.edges))
+        use = wt.valid & own.valid
+        info = {"width_bands": int(use.sum())}
+        if use.sum() < 3:
             return None, info
         edges = torch.as_tensor(wt.edges, device=shape.device, dtype=shape.dtype)
-        valid = torch.as_tensor(wt.valid, device=shape.device)
-        want = torch.as_tensor(wt.width_px[wt.valid], device=shape.device, dtype=shape.dtype)
+        valid = torch.as_tensor(use, device=shape.device)
+        want = torch.as_tensor(wt.width_px[use], device=shape.device, dtype=shape.dtype)
+        bias = torch.as_tensor((own.width_px - (t_hi - t_lo)[0].numpy())[use], device=shape.device,
+                               dtype=shape.dtype)
+        h_bias = own.height_px - float(np.ptp(uv[:, 1]))
         cm_per_px = 100.0 * height_m / max(float(np.ptp(uv[:, 1])), 1.0)
 
         def residuals(X):  # (N, S) → (N, R)
             st, _, mass, to_cam = self._posed_camera(X, limbs, rot, trans, height_m)
             uv = project(to_cam(st.vertices))
             lo, hi = W.band_extents(uv[:, self.trunk_idx], edges)
-            width = (hi - lo)[:, valid]
+            width = (hi - lo)[:, valid] + bias
             if cfg.widths_relative:  # read against the body's height in pixels, not the camera distance
-                model_h = uv[..., 1].amax(-1) - uv[..., 1].amin(-1)
+                model_h = uv[..., 1].amax(-1) - uv[..., 1].amin(-1) + h_bias
                 width = width * (wt.height_px / model_h)[:, None]
             res = [torch.nan_to_num((width - want) * cm_per_px / cfg.sigma_width_cm, nan=0.0,
                                     posinf=0.0, neginf=0.0)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 
@@ -31,6 +32,7 @@ MIN_GAP_PX = 3.0  # a band side counts when the arm is at least this far from th
 SEARCH = 0.25  # how far (torso lengths) beyond the model's edge the mask's edge is looked for
 
 TRUNK, LEFT_ARM, RIGHT_ARM = 0, 1, 2
+SUPERSAMPLE = 4  # ``rasterize``'s sub-pixels per pixel side
 
 
 def part_labels(body: BodyModel, moved_m: float = 0.004, angle: float = 0.2) -> np.ndarray:
@@ -152,6 +154,20 @@ def mask_widths(mask: np.ndarray, uv: np.ndarray, labels: np.ndarray, kp_uv: np.
     ys = np.flatnonzero(mask.any(1))
     height = float(ys.max() - ys.min() + 1) if len(ys) else float("nan")
     return WidthTarget(edges=edges, width_px=width, valid=valid, height_px=height)
+
+
+def rasterize(uv: np.ndarray, faces: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The silhouette (H, W) bool of a mesh projected to pixels ``uv`` (V, 2): every triangle
+    filled (front and back: the silhouette is their union), sub-pixel accurate."""
+    h, w = shape
+    k = SUPERSAMPLE
+    mask = np.zeros((h * k, w * k), np.uint8)
+    # pixel centres at (i + 0.5) / k in the fine grid; 4 fractional bits
+    tri = np.round(((uv[faces] + 0.5) * k - 0.5) * 16.0).astype(np.int32)
+    for t in tri:
+        cv2.fillConvexPoly(mask, t, 1, lineType=cv2.LINE_8, shift=4)
+    # a pixel is set when at least half of its area is (what a renderer's coverage test does)
+    return mask.reshape(h, k, w, k).sum((1, 3)) * 2 >= k * k
 
 
 def _walk(line: np.ndarray, start: float, outward: int, limit: float, centre: float) -> float | None:

@@ -1,0 +1,75 @@
+"""The trunk width profile (fit stage C) reads the photo's mask and the model alike, and the
+fitter corrects the model's keypoints to the pose detector's convention."""
+import numpy as np
+import pytest
+import torch
+
+from inference.bodies.base import L_ANKLE, L_HIP, R_ANKLE, R_HIP
+from inference.stages import widths as W
+from inference.stages.render import focal_px_from_35mm, look_at_camera
+from inference.synthetic import truth_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def body(pipeline):
+    return pipeline.body_for("other")
+
+
+@pytest.fixture(scope="module")
+def scene(pipeline, body):
+    """A heavy body in the A-pose, its renderer silhouette, projected vertices and keypoints."""
+    truth = truth_for(body, "female", muscle=0.3, weight=0.8)
+    v = truth.vertices
+    cam = look_at_camera(v, "front", width=768, height=1024, focal_px=focal_px_from_35mm(50.0, 768, 1024),
+                         distance=3.0, camera_height=1.35)
+    mask = pipeline.renderer.render_mesh(v, body.faces, cam)[2]
+    kp = body.keypoints_from_vertices(torch.as_tensor(v[None], dtype=body.dtype))[0].numpy()
+    return {"mask": mask, "uv": cam.project(v), "kp_uv": cam.project(kp.astype(np.float64)),
+            "labels": W.part_labels(body)}
+
+
+def test_rasterize_matches_the_renderers_silhouette(body, scene):
+    own = W.rasterize(scene["uv"], body.faces, scene["mask"].shape)
+    mask = scene["mask"]
+    assert (own & mask).sum() / (own | mask).sum() > 0.99
+    a = W.mask_widths(mask, scene["uv"], scene["labels"], scene["kp_uv"])
+    b = W.mask_widths(own, scene["uv"], scene["labels"], scene["kp_uv"])
+    both = a.valid & b.valid
+    assert both.sum() >= 15
+    assert np.abs(a.width_px[both] - b.width_px[both]).mean() < 0.7
+    assert abs(a.height_px - b.height_px) <= 2
+
+
+def test_mask_widths_follow_the_mask(scene):
+    """A mask grown by 3 px on each side reads 6 px wider in every trusted band; the arms stay
+    out of the trunk's width (bands where an arm touches the trunk are not trusted)."""
+    import cv2
+
+    mask = scene["mask"]
+    a = W.mask_widths(mask, scene["uv"], scene["labels"], scene["kp_uv"])
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    b = W.mask_widths(grown, scene["uv"], scene["labels"], scene["kp_uv"])
+    both = a.valid & b.valid
+    assert both.sum() >= 10
+    assert np.median(b.width_px[both] - a.width_px[both]) == pytest.approx(6.0, abs=1.0)
+    # the trunk is narrower than the whole silhouette's extent at shoulder height (arms excluded)
+    ys, xs = np.nonzero(mask)
+    assert np.nanmax(a.width_px) < 0.8 * (xs.max() - xs.min())
+
+
+def test_detector_keypoints_shift_by_the_measured_table(body):
+    v = truth_for(body, "male").vertices
+    kp = body.keypoints_from_vertices(torch.as_tensor(v[None], dtype=body.dtype))
+    moved = body.detector_keypoints(kp)[0].numpy()
+    kp = kp[0].numpy()
+    torso = np.linalg.norm(0.5 * (kp[5] + kp[6]) - 0.5 * (kp[L_HIP] + kp[R_HIP]))
+    d = (moved - kp) / torso
+    off = np.array(body.detector_offsets)
+    # left is +x, right -x: outward means away from the mid-line on each side
+    assert d[L_ANKLE, 0] == pytest.approx(off[L_ANKLE, 0], abs=1e-4)
+    assert d[R_ANKLE, 0] == pytest.approx(-off[R_ANKLE, 0], abs=1e-4)
+    assert d[L_ANKLE, 1] == pytest.approx(off[L_ANKLE, 1], abs=1e-4)
+    assert d[L_HIP, 1] > 0.03 and d[L_ANKLE, 1] < -0.03  # detector hips higher, ankles lower
+    assert np.allclose(d[:, 2], 0.0)
