@@ -180,11 +180,6 @@ def run_eval(set_dir: Path, device: str = "auto", log=print) -> dict:
             "rows": {k: r.summary() for k, r in rows.items()}, "per_case": per_case}
 
 
-COCO_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
-              "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
-              "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle")
-
-
 def keypoint_offsets(set_dir: Path, device: str = "auto", log=print) -> dict:
     """Where the pose detector puts each COCO keypoint on a set's photos, relative to the body
     model's own keypoints projected with the true camera: per keypoint the mean and spread of
@@ -193,10 +188,11 @@ def keypoint_offsets(set_dir: Path, device: str = "auto", log=print) -> dict:
     keypoint conventions differ (the detector's hips sit higher, its ankles lower and wider)."""
     from inference.bodies.anny_body import AnnyBody
     from inference.pipeline import PipelineConfig, resolve_device
-    from inference.stages.detect import Detector, choose_subject
-    from inference.stages.load import load_photo
     from inference import weights as W
-    from inference.types import Camera
+    from inference.stages.detect import Detector, choose_subject
+    from inference.stages.fit import KEYPOINT_MIN_CONF
+    from inference.stages.load import load_photo
+    from inference.types import COCO_KEYPOINTS, COCO_SIDE, Camera
     import torch
 
     cases = sorted(p for p in Path(set_dir).glob("case_*") if (p / "truth.json").is_file())
@@ -206,7 +202,7 @@ def keypoint_offsets(set_dir: Path, device: str = "auto", log=print) -> dict:
     dev = resolve_device(device)
     detector = Detector(W.pose_weights(Path(PipelineConfig().weights_dir)), dev)
     body = AnnyBody(device=dev)
-    side = np.array([0.0] + [1.0, -1.0] * 8)  # +1 left, -1 right (image x grows to the body's left)
+    side = np.array(COCO_SIDE)  # image x grows toward the body's left (it faces the camera)
     samples = []
     for case in cases:
         truth = json.loads((case / "truth.json").read_text())
@@ -223,11 +219,11 @@ def keypoint_offsets(set_dir: Path, device: str = "auto", log=print) -> dict:
         det_uv = found[:, :2] / [sx, sy]
         torso = np.linalg.norm(0.5 * (model_uv[11] + model_uv[12]) - 0.5 * (model_uv[5] + model_uv[6]))
         d = (det_uv - model_uv) / torso
-        seen = found[:, 2] >= 0.3
+        seen = found[:, 2] >= KEYPOINT_MIN_CONF
         samples.append(np.where(seen[:, None], np.stack([d[:, 0] * side, -d[:, 1]], 1), np.nan))
     s = np.array(samples)  # (cases, 17, 2) (outward, up)
     rows = {}
-    for k, name in enumerate(COCO_NAMES):
+    for k, name in enumerate(COCO_KEYPOINTS):
         pair = [k] if k == 0 else [k, k + 1] if k % 2 else [k - 1, k]
         x = s[:, pair].reshape(-1, 2)
         x = x[~np.isnan(x).any(1)]

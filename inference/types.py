@@ -28,6 +28,9 @@ COCO_KEYPOINTS = (
     "left_wrist", "right_wrist", "left_hip", "right_hip",
     "left_knee", "right_knee", "left_ankle", "right_ankle",
 )
+# +1 for the body's left, -1 for its right, 0 on the mid-line (left is +X in the body frame)
+COCO_SIDE = tuple(1.0 if n.startswith("left_") else -1.0 if n.startswith("right_") else 0.0
+                  for n in COCO_KEYPOINTS)
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def test_keypoint_offsets_agree_with_the_fitters_table(eval_set):
     detector on this set: the detector's hips sit higher and its ankles lower and wider than
     Anny's own keypoints."""
     from inference.bodies.anny_body import AnnyBody
-    from inference.evaluation import COCO_NAMES
+    from inference.types import COCO_KEYPOINTS as COCO_NAMES
 
     r = avatar("eval", "keypoint-offsets", eval_set, "--device", "cpu")
     assert r.returncode == 0, r.stderr

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from inference.types import Subject
+from inference.types import COCO_SIDE, Subject
 
 LIMBS = (
     "spine", "neck",
@@ -113,7 +113,7 @@ class BodyModel(ABC):
         off = torch.as_tensor(self.detector_offsets, device=keypoints.device, dtype=keypoints.dtype)
         torso = (0.5 * (keypoints[:, L_SHOULDER] + keypoints[:, R_SHOULDER])
                  - 0.5 * (keypoints[:, L_HIP] + keypoints[:, R_HIP])).norm(dim=-1)  # (B,)
-        side = torch.tensor([0.0] + [1.0, -1.0] * 8, device=keypoints.device, dtype=keypoints.dtype)
+        side = torch.tensor(COCO_SIDE, device=keypoints.device, dtype=keypoints.dtype)
         shift = torch.zeros_like(keypoints)
         shift[..., 0] = off[:, 0] * side
         shift[..., 1] = off[:, 1]

@@ -440,7 +440,7 @@ class Fitter:
         # show against its vertices' extents (pixel edges, skin that follows the arms): the
         # offset is added to the model's widths so both sides are read alike
         own = W.mask_widths(W.rasterize(uv, self.body.faces, target.mask.shape), uv, self.part_labels, kp_uv)
-        t_lo, t_hi = W.band_extents(torch.as_tensor(uv[None][:, self.part_labels == W.TRUNK]),
+        t_lo, t_hi = W.band_extents(torch.as_tensor(uv[None][:, self.trunk_idx.cpu().numpy()]),
                                     torch.as_tensor(wt.edges))
         use = wt.valid & own.valid
         info = {"width_bands": int(use.sum())}
@@ -451,8 +451,9 @@ class Fitter:
         want = torch.as_tensor(wt.width_px[use], device=shape.device, dtype=shape.dtype)
         bias = torch.as_tensor((own.width_px - (t_hi - t_lo)[0].numpy())[use], device=shape.device,
                                dtype=shape.dtype)
-        h_bias = own.height_px - float(np.ptp(uv[:, 1]))
-        cm_per_px = 100.0 * height_m / max(float(np.ptp(uv[:, 1])), 1.0)
+        model_h_px = float(np.ptp(uv[:, 1]))
+        h_bias = own.height_px - model_h_px
+        cm_per_px = 100.0 * height_m / max(model_h_px, 1.0)
 
         def residuals(X):  # (N, S) → (N, R)
             st, _, mass, to_cam = self._posed_camera(X, limbs, rot, trans, height_m)
