@@ -52,6 +52,10 @@ class BodyModel(ABC):
     # (a, b): shape entries for the fitter's coarse search: a grid over entry a, entry b solved
     # so the mass matches (mass must grow with b); None: the model has no such pair
     mass_search: tuple[int, int] | None = None
+    coarse_axes: tuple[int, ...] = ()  # further shape entries the coarse search grids over
+    # True where the shape parameters set the stature (a body's unscaled height): the fitter
+    # then prefers shapes whose own height is the subject's, so the scale stays near 1
+    natural_height: bool = False
     # where the pose detector puts each COCO keypoint relative to this model's regressor:
     # (17, 2) (outward, up) in torso lengths, measured by ``avatar eval keypoint-offsets``;
     # None: not measured (the fitter then compares the two as they are)

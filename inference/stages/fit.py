@@ -2,8 +2,11 @@
 
 What is optimised (per photo): the free shape parameters, ten limb rotations, the global
 orientation and the translation of the body in the camera. What is *not* free:
-- height: the body is scaled so its rest-pose height equals the user's height exactly;
-- mass: with a weight given, rest volume × ``DENSITY`` is pulled onto it;
+- height: the body is scaled so its standing A-pose height (the mesh that is measured and
+  exported) equals the user's height exactly; where the shape itself sets the stature
+  (``BodyModel.natural_height``: Anny's height phenotype) the scale is also held near 1, so a
+  person of 164 cm gets the proportions the model gives people of 164 cm;
+- mass: with a weight given, the standing A-pose volume × ``DENSITY`` is pulled onto it;
 - gender: chosen by the user.
 Stages: A, the body turned and placed onto the torso keypoints; B, everything (Adam) on
 confidence-weighted robust keypoint reprojection (the model's keypoints moved to where the pose
@@ -75,8 +78,11 @@ class FitConfig:
     shape_solve: bool = True
     shape_iterations: int = 12
     coarse_grid: int = 7  # muscle values tried before stage C (see Fitter._coarse_start)
+    coarse_extra: tuple = ()  # values tried for the body model's ``coarse_axes`` as well
+    starts: int = 1  # stage C's solver runs from this many of the best coarse candidates
     sigma_width_cm: float = 0.5  # per band
     sigma_mass: float = 0.002  # relative: the typed weight is nearly a constraint
+    sigma_natural_height: float = 0.01  # relative; for body models with ``natural_height``
     w_shape_solve_prior: float = 10.0
     widths_relative: bool = True
 
@@ -206,9 +212,9 @@ class Fitter:
 
         def forward(shape_, limbs_, rot_, trans_, photo=True):
             st = body.posed(shape_, limbs_)
-            rest, posed = body.rest_vertices(st, shape_), st.vertices
-            scale, mass = self._scale_and_mass(rest, heights)
-            out = {"scale": scale, "rest": rest, "mass": mass}
+            posed = st.vertices
+            scale, mass = self._scale_and_mass(body.posed(shape_, apose).vertices, heights)
+            out = {"scale": scale, "mass": mass}
             if photo:
                 # centre the body on its pelvis so the translation is the pelvis position
                 kp = st.keypoints
@@ -233,15 +239,15 @@ class Fitter:
         if use_photo:
             with torch.no_grad():
                 base = forward(shape, limbs, rot, trans)
+            # the keypoints in the body frame (pelvis-centred, scaled): the initial rigid
+            # transform undone, so the new one is applied by hand (no body forward per step)
+            local = (base["kp_cam"] - trans[:, None]) @ base["R"]
             rot.requires_grad_(True)
             trans.requires_grad_(True)
             optA = torch.optim.Adam([rot, trans], lr=0.02)
             torso = [5, 6, 11, 12]
-            kpm = base["kp_cam"]  # fixed pose; apply the rigid change by hand
             for _ in range(60):
                 R = rotvec_to_matrix(rot) @ flip
-                R0 = base["R"]
-                local = (kpm - trans.detach()[:, None]) @ R0  # undo the initial rigid transform
                 x = local @ R.transpose(1, 2) + trans[:, None]
                 r = (project(x)[:, torso] - kp2d[:, torso, :2]) / pix_h[:, None, None]
                 loss = (conf[:, torso, None] * r**2).sum()
@@ -268,6 +274,8 @@ class Fitter:
                     loss = loss + cfg.w_mass * 100.0 * mass_err.sum()
                     prior = torch.cat([body.shape_prior(sh[i:i + 1], s) for i, s in enumerate(subjects)])
                     loss = loss + cfg.w_shape * prior.sum()
+                    if body.natural_height:
+                        loss = loss + cfg.w_mass * 100.0 * ((1.0 / out["scale"] - 1.0) ** 2).sum()
                 if use_photo:
                     uv_kp = project(out["kp_cam"])
                     r2 = (((uv_kp - kp2d[..., :2]) / pix_h[:, None, None]) ** 2).sum(-1)
@@ -307,13 +315,14 @@ class Fitter:
                 # -- stage C: the shape alone, pose and camera kept, on the trunk's width profile
                 for i, t in enumerate(targets):
                     sh[i], solve_info[i] = self._solve_shape(
-                        sh[i], free[i], subjects[i], t, limbs[i], rot[i], trans[i], Kt[i],
+                        sh[i], free[i], subjects[i], t, limbs[i], apose[i], rot[i], trans[i], Kt[i],
                         float(heights[i]), float(weights[i]) if bool(has_w[i]) else None)
 
         with torch.no_grad():
             out = forward(sh, limbs, rot, trans, photo=use_photo)
             # the height is defined on the standing A-pose mesh (what is measured and exported);
-            # it differs from the rest mesh's by millimetres: make it exact there
+            # the fit's A-pose was the starting shape's (arms at slightly other angles): make
+            # the height exact on the final shape's
             standard = {k: body.posed(sh, body.standard_pose(sh, k)) for k in ("apose", "tpose")}
             exact = heights / body.rest_height(standard["apose"].vertices)
             out["mass"] = out["mass"] * (exact / out["scale"]) ** 3
@@ -350,15 +359,16 @@ class Fitter:
                 ))
         return results
 
-    def _posed_camera(self, shape: torch.Tensor, limbs: torch.Tensor, rot: torch.Tensor,
-                      trans: torch.Tensor, height_m: float):
+    def _posed_camera(self, shape: torch.Tensor, limbs: torch.Tensor, stand: torch.Tensor,
+                      rot: torch.Tensor, trans: torch.Tensor, height_m: float):
         """Candidate shapes (N, S) in one photo's fitted pose (limbs (L, 3), rot (3,), trans
-        (3,)): → (state, scale (N,), mass (N,), to_cam) with ``to_cam`` mapping (N, P, 3) body
-        points to the camera frame as the fit does (pelvis-centred, scaled to the height)."""
+        (3,)); ``stand`` (L, 3): the standing A-pose's limbs (height and mass): → (state,
+        scale (N,), mass (N,), to_cam) with ``to_cam`` mapping (N, P, 3) body points to the
+        camera frame as the fit does (pelvis-centred, scaled to the height)."""
         body = self.body
         n = shape.shape[0]
         st = body.posed(shape, limbs[None].expand(n, -1, -1))
-        scale, mass = self._scale_and_mass(body.rest_vertices(st, shape), height_m)
+        scale, mass = self._scale_and_mass(self._standing(shape, stand), height_m)
         pelvis = 0.5 * (st.keypoints[:, 11] + st.keypoints[:, 12])
         R = rotvec_to_matrix(rot[None]) @ FLIP.to(shape.device, shape.dtype)
 
@@ -368,24 +378,29 @@ class Fitter:
         return st, scale, mass, to_cam
 
     @torch.no_grad()
-    def _solve_shape(self, shape, free, subject: Subject, target: FitTarget, limbs, rot, trans, K,
-                     height_m: float, weight_kg: float | None) -> tuple[torch.Tensor, dict]:
+    def _solve_shape(self, shape, free, subject: Subject, target: FitTarget, limbs, stand, rot, trans,
+                     K, height_m: float, weight_kg: float | None) -> tuple[torch.Tensor, dict]:
         """Stage C: Levenberg-Marquardt on the free shape parameters of one photo, pose and
         camera fixed, on ``_shape_residuals``. Few parameters and a stiff mass constraint: a
         (finite-difference) Gauss-Newton step follows the constant-mass valley where a
         first-order optimiser crawls."""
-        residuals, info = self._shape_residuals(shape, subject, target, limbs, rot, trans, K,
+        residuals, info = self._shape_residuals(shape, subject, target, limbs, stand, rot, trans, K,
                                                 height_m, weight_kg)
         if residuals is None:
             return shape, info
-        start = self._coarse_start(residuals, shape, free, height_m, weight_kg)
-        x, cost0, cost = levenberg_marquardt(residuals, start, torch.nonzero(free > 0).flatten(),
-                                             self.body.clamp_shape, self.config.shape_iterations)
+        starts = self._coarse_start(residuals, shape, free, stand, height_m, weight_kg)
+        best = None
+        for start in starts[:self.config.starts]:
+            x, cost0, cost = levenberg_marquardt(residuals, start, torch.nonzero(free > 0).flatten(),
+                                                 self.body.clamp_shape, self.config.shape_iterations)
+            if best is None or cost < best[2]:
+                best = (x, cost0, cost)
+        x, cost0, cost = best
         info.update(width_cost_first=round(cost0, 3), width_cost_last=round(cost, 3))
         return x, info
 
     @torch.no_grad()
-    def _coarse_start(self, residuals, shape, free, height_m: float, weight_kg: float | None):
+    def _coarse_start(self, residuals, shape, free, stand, height_m: float, weight_kg: float | None):
         """The best of a few candidates for stage C to start from: the shape so far and, where
         the body model names a ``mass_search`` pair (Anny: muscle, weight), a grid over the first
         with the second solved (bisection) for the typed mass. The mass surface is only piecewise
@@ -393,35 +408,48 @@ class Fitter:
         of a kink does not see a better valley on the other."""
         body = self.body
         if body.mass_search is None or not all(bool(free[i] > 0) for i in body.mass_search):
-            return shape
+            return shape[None]
         a, b = body.mass_search
         grid = torch.linspace(0.0, 1.0, self.config.coarse_grid, device=shape.device, dtype=shape.dtype)
         X = shape[None].repeat(len(grid), 1)
         X[:, a] = grid
+        for axis in body.coarse_axes:
+            if self.config.coarse_extra and bool(free[axis] > 0):
+                values = torch.tensor(self.config.coarse_extra, device=shape.device, dtype=shape.dtype)
+                X = X.repeat(len(values), 1)
+                X[:, axis] = values.repeat_interleave(len(X) // len(values))
+        grid = X[:, a]
         if weight_kg is not None:
             lo, hi = torch.zeros_like(grid), torch.ones_like(grid)
             for _ in range(8):
                 X[:, b] = 0.5 * (lo + hi)
-                heavy = self._mass(body.clamp_shape(X.clone()), height_m) > weight_kg
+                heavy = self._mass(body.clamp_shape(X.clone()), stand, height_m) > weight_kg
                 hi, lo = torch.where(heavy, X[:, b], hi), torch.where(heavy, lo, X[:, b])
             X[:, b] = 0.5 * (lo + hi)
         X = torch.cat([shape[None], body.clamp_shape(X)])
         costs = (residuals(X) ** 2).sum(1)
-        return X[int(torch.argmin(costs))]
+        return X[torch.argsort(costs)]
 
-    def _mass(self, shape: torch.Tensor, height_m: float) -> torch.Tensor:
+    def _mass(self, shape: torch.Tensor, stand: torch.Tensor, height_m: float) -> torch.Tensor:
         """(N, S) → (N,) kg at the given standing height."""
-        return self._scale_and_mass(self.body.rest(shape).vertices, height_m)[1]
+        return self._scale_and_mass(self._standing(shape, stand), height_m)[1]
 
-    def _scale_and_mass(self, rest: torch.Tensor, height_m) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rest meshes (N, V, 3) → (scale (N,) that makes them ``height_m`` tall, mass (N,) kg
-        of the scaled body at ``DENSITY``)."""
-        scale = height_m / self.body.rest_height(rest)
-        return scale, mesh_volume(rest, self.faces) * scale**3 * DENSITY
+    def _standing(self, shape: torch.Tensor, stand: torch.Tensor) -> torch.Tensor:
+        """(N, S) shapes, (L, 3) limbs of the standing A-pose → (N, V, 3) the meshes that are
+        measured and exported, on which height and mass are defined."""
+        return self.body.posed(shape, stand[None].expand(shape.shape[0], -1, -1)).vertices
+
+    def _scale_and_mass(self, standing: torch.Tensor, height_m) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standing meshes (N, V, 3) → (scale (N,) that makes them ``height_m`` tall, mass (N,)
+        kg of the scaled body at ``DENSITY``). The standing A-pose, not the model's rest mesh:
+        the two differ (Anny's rest mesh is ~1 % shorter than its posed one; posing changes the
+        volume by up to ~2 %), and the standing mesh is what is measured and exported."""
+        scale = height_m / self.body.rest_height(standing)
+        return scale, mesh_volume(standing, self.faces) * scale**3 * DENSITY
 
     @torch.no_grad()
-    def _shape_residuals(self, shape, subject: Subject, target: FitTarget, limbs, rot, trans, K,
-                         height_m: float, weight_kg: float | None):
+    def _shape_residuals(self, shape, subject: Subject, target: FitTarget, limbs, stand, rot, trans,
+                         K, height_m: float, weight_kg: float | None):
         """The residuals stage C minimises, as a function of candidate shapes (N, S) → (N, R):
         the trunk's width in each trusted band against the mask's (``widths``; read against the
         body's pixel height), the mass against the typed weight, and the shape prior. The bands
@@ -432,7 +460,7 @@ class Fitter:
         def project(x):
             return x[..., :2] / x[..., 2:3].clamp(min=1e-3) * K[:1] + K[1:]
 
-        st, _, _, to_cam = self._posed_camera(shape[None], limbs, rot, trans, height_m)
+        st, _, _, to_cam = self._posed_camera(shape[None], limbs, stand, rot, trans, height_m)
         uv = project(to_cam(st.vertices))[0].cpu().numpy()
         kp_uv = project(to_cam(st.keypoints))[0].cpu().numpy()
         wt = W.mask_widths(target.mask, uv, self.part_labels, kp_uv)
@@ -456,7 +484,7 @@ class Fitter:
         cm_per_px = 100.0 * height_m / max(model_h_px, 1.0)
 
         def residuals(X):  # (N, S) → (N, R)
-            st, _, mass, to_cam = self._posed_camera(X, limbs, rot, trans, height_m)
+            st, scale, mass, to_cam = self._posed_camera(X, limbs, stand, rot, trans, height_m)
             uv = project(to_cam(st.vertices))
             lo, hi = W.band_extents(uv[:, self.trunk_idx], edges)
             width = (hi - lo)[:, valid] + bias
@@ -467,6 +495,8 @@ class Fitter:
                                     posinf=0.0, neginf=0.0)]
             if weight_kg is not None:
                 res.append(((mass - weight_kg) / weight_kg / cfg.sigma_mass)[:, None])
+            if body.natural_height:
+                res.append(((1.0 / scale - 1.0) / cfg.sigma_natural_height)[:, None])
             prior = body.shape_prior(X, subject)
             res.append(torch.sqrt(cfg.w_shape_solve_prior * prior + 1e-12)[:, None])
             return torch.cat(res, 1)
@@ -487,6 +517,8 @@ class Fitter:
         return {
             "keypoint_error_px": float(err[seen].mean()) if seen.any() else None,
             "keypoint_error_rel": float(err[seen].mean() / ph) if seen.any() else None,
+            # the median: a limb the body cannot take up (crossed arms) does not swamp it
+            "keypoint_error_median_rel": float(np.median(err[seen]) / ph) if seen.any() else None,
             "vertices_in_silhouette": frac_in,
         }
 
