@@ -210,10 +210,13 @@ class Fitter:
 
         flip = FLIP.to(dev, dt)
 
-        def forward(shape_, limbs_, rot_, trans_, photo=True):
+        def standing(shape_):  # → (scale, mass) of the standing A-pose body
+            return self._scale_and_mass(body.posed(shape_, apose).vertices, heights)
+
+        def forward(shape_, limbs_, rot_, trans_, photo=True, scale_mass=None):
             st = body.posed(shape_, limbs_)
             posed = st.vertices
-            scale, mass = self._scale_and_mass(body.posed(shape_, apose).vertices, heights)
+            scale, mass = scale_mass if scale_mass is not None else standing(shape_)
             out = {"scale": scale, "mass": mass}
             if photo:
                 # centre the body on its pelvis so the translation is the pelvis position
@@ -265,9 +268,13 @@ class Fitter:
                 rot, trans = rot.clone().requires_grad_(True), trans.clone().requires_grad_(True)
                 params += [rot, trans]
             opt = torch.optim.Adam(params, lr=cfg.lr)
+            fixed = None
+            if not shape_free:  # the standing body's scale and mass do not change: once
+                with torch.no_grad():
+                    fixed = standing(shape_var * free + fixed_shape * (1 - free))
             for it in range(iters):
                 sh = shape_var * free + fixed_shape * (1 - free)
-                out = forward(sh, limbs, rot, trans, photo=use_photo)
+                out = forward(sh, limbs, rot, trans, photo=use_photo, scale_mass=fixed)
                 loss = torch.zeros((), device=dev, dtype=dt)
                 if shape_free:
                     mass_err = ((out["mass"] - weights) / weights) ** 2 * has_w

@@ -89,6 +89,9 @@ def grabcut_person(image: np.ndarray, subject: Detection) -> np.ndarray:
     except cv2.error:
         pass  # degenerate colour models: keep the seeded mask
     fg = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    # one-pixel lines of background that match the person's colours (a wall's edge against the
+    # floor, a pole) would join the body and bend the fit's outline toward them
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     fg = _largest_component(fg)
     fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
     full = np.zeros((h, w), np.uint8)
