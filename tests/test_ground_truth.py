@@ -60,3 +60,14 @@ def test_truth_bodies_differ_where_the_photo_must_tell_them_apart(anny_body):
     assert abs(lean.height_cm - soft.height_cm) < 1.0
     assert abs(lean.weight_kg - soft.weight_kg) < 0.5
     assert abs(lean.measurements["waist"] - soft.measurements["waist"]) > 3.0
+
+
+@pytest.mark.parametrize("subject", [Subject(164.0, "male", 68.0), Subject(186.0, "female", 70.0)])
+def test_the_fitted_body_has_the_stature_of_its_own_shape(anny_body, subject):
+    """Anny's height phenotype says the stature: the fit keeps it there rather than scaling a
+    taller or shorter body to the height (which trades stature for girth)."""
+    from inference.stages.fit import FitConfig, Fitter, FitTarget
+
+    fit = Fitter(anny_body, FitConfig(use_photo=False)).fit([FitTarget(subject, (768, 1024))])[0]
+    assert fit.scale == pytest.approx(1.0, abs=0.01)
+    assert fit.mass_kg == pytest.approx(subject.weight_kg, rel=0.01)

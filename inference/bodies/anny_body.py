@@ -46,7 +46,6 @@ class AnnyBody(BodyModel):
     shape_names = PHENOTYPES
     # muscle against fat at a given mass: the question the photo answers
     mass_search = (PHENOTYPES.index("muscle"), PHENOTYPES.index("weight"))
-    coarse_axes = (PHENOTYPES.index("proportions"),)
     natural_height = True  # the height phenotype says the stature
     # yolo11n-pose against Anny's COCO regressor, (outward, up) in torso lengths, measured with
     # `avatar eval make-set /tmp/calib24 --n 24 --seed 100 && avatar eval keypoint-offsets

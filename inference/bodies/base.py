@@ -52,7 +52,6 @@ class BodyModel(ABC):
     # (a, b): shape entries for the fitter's coarse search: a grid over entry a, entry b solved
     # so the mass matches (mass must grow with b); None: the model has no such pair
     mass_search: tuple[int, int] | None = None
-    coarse_axes: tuple[int, ...] = ()  # further shape entries the coarse search grids over
     # True where the shape parameters set the stature (a body's unscaled height): the fitter
     # then prefers shapes whose own height is the subject's, so the scale stays near 1
     natural_height: bool = False

@@ -78,8 +78,6 @@ class FitConfig:
     shape_solve: bool = True
     shape_iterations: int = 12
     coarse_grid: int = 7  # muscle values tried before stage C (see Fitter._coarse_start)
-    coarse_extra: tuple = ()  # values tried for the body model's ``coarse_axes`` as well
-    starts: int = 1  # stage C's solver runs from this many of the best coarse candidates
     sigma_width_cm: float = 0.5  # per band
     sigma_mass: float = 0.002  # relative: the typed weight is nearly a constraint
     sigma_natural_height: float = 0.01  # relative; for body models with ``natural_height``
@@ -395,14 +393,9 @@ class Fitter:
                                                 height_m, weight_kg)
         if residuals is None:
             return shape, info
-        starts = self._coarse_start(residuals, shape, free, stand, height_m, weight_kg)
-        best = None
-        for start in starts[:self.config.starts]:
-            x, cost0, cost = levenberg_marquardt(residuals, start, torch.nonzero(free > 0).flatten(),
-                                                 self.body.clamp_shape, self.config.shape_iterations)
-            if best is None or cost < best[2]:
-                best = (x, cost0, cost)
-        x, cost0, cost = best
+        start = self._coarse_start(residuals, shape, free, stand, height_m, weight_kg)
+        x, cost0, cost = levenberg_marquardt(residuals, start, torch.nonzero(free > 0).flatten(),
+                                             self.body.clamp_shape, self.config.shape_iterations)
         info.update(width_cost_first=round(cost0, 3), width_cost_last=round(cost, 3))
         return x, info
 
@@ -415,17 +408,11 @@ class Fitter:
         of a kink does not see a better valley on the other."""
         body = self.body
         if body.mass_search is None or not all(bool(free[i] > 0) for i in body.mass_search):
-            return shape[None]
+            return shape
         a, b = body.mass_search
         grid = torch.linspace(0.0, 1.0, self.config.coarse_grid, device=shape.device, dtype=shape.dtype)
         X = shape[None].repeat(len(grid), 1)
         X[:, a] = grid
-        for axis in body.coarse_axes:
-            if self.config.coarse_extra and bool(free[axis] > 0):
-                values = torch.tensor(self.config.coarse_extra, device=shape.device, dtype=shape.dtype)
-                X = X.repeat(len(values), 1)
-                X[:, axis] = values.repeat_interleave(len(X) // len(values))
-        grid = X[:, a]
         if weight_kg is not None:
             lo, hi = torch.zeros_like(grid), torch.ones_like(grid)
             for _ in range(8):
@@ -435,7 +422,7 @@ class Fitter:
             X[:, b] = 0.5 * (lo + hi)
         X = torch.cat([shape[None], body.clamp_shape(X)])
         costs = (residuals(X) ** 2).sum(1)
-        return X[torch.argsort(costs)]
+        return X[int(torch.argmin(costs))]
 
     def _mass(self, shape: torch.Tensor, stand: torch.Tensor, height_m: float) -> torch.Tensor:
         """(N, S) → (N,) kg at the given standing height."""
@@ -459,7 +446,8 @@ class Fitter:
                          K, height_m: float, weight_kg: float | None):
         """The residuals stage C minimises, as a function of candidate shapes (N, S) → (N, R):
         the trunk's width in each trusted band against the mask's (``widths``; read against the
-        body's pixel height), the mass against the typed weight, and the shape prior. The bands
+        body's pixel height), the mass against the typed weight, the stature against the shape's
+        own (``BodyModel.natural_height``) and the shape prior. The bands
         and the mask's widths are read once, with the body as fitted so far. None when the mask
         has too few trusted bands."""
         cfg, body = self.config, self.body
