@@ -37,12 +37,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     esub = e.add_subparsers(dest="eval_command", required=True)
     ms = esub.add_parser("make-set", help="render bodies of known shape with their truth")
     ms.add_argument("out_dir", type=Path)
-    ms.add_argument("--n", type=int, default=24)
-    ms.add_argument("--seed", type=int, default=0)
+    ms.add_argument("--split", default=None, help="a named set: dev (tune here), test (frozen), studio; "
+                    "sets --preset, --seed and --n (--n may make it smaller)")
+    ms.add_argument("--preset", default=None, help="wide (default: what real photos bring) | studio")
+    ms.add_argument("--n", type=int, default=None, help="photos (default 24, or the split's)")
+    ms.add_argument("--seed", type=int, default=None)
     er = esub.add_parser("run", help="run the pipeline on a set and report errors")
     er.add_argument("set_dir", type=Path)
     er.add_argument("--device", default="auto")
     er.add_argument("--json", dest="json_out", type=Path, default=None, help="also write the report here")
+    er.add_argument("--fit", dest="fit_overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a FitConfig field for this run (ablations, before/after), e.g. cloth_gap=false")
     ek = esub.add_parser("keypoint-offsets", help="where the pose detector puts each keypoint "
                          "relative to the body model's own (the fit's calibration table)")
     ek.add_argument("set_dir", type=Path)
@@ -121,7 +126,10 @@ def _create(args) -> int:
                  + [["total", f"{res.total_ms:.0f}"]]))
     print()
     print(_table(["measurement", "cm"], [[k, f"{v:.1f}"] for k, v in res.measurements.items()]))
-    print(f"\nbody mass from volume: {res.fit['mass_kg']:.1f} kg · scale {res.fit['scale']:.3f}")
+    typed = res.fit.get("typed_weight_kg")
+    print(f"\nbody mass from volume: {res.fit['mass_kg']:.1f} kg"
+          + (f" (typed {typed:.1f} kg: the photo may pull against it)" if typed else "")
+          + f" · scale {res.fit['scale']:.3f}")
     print(f"wrote {len(res.files)} files to {res.out_dir}")
     return 0
 
@@ -186,19 +194,35 @@ def _weights(args) -> int:
 
 
 def _eval(args) -> int:
-    from inference import evaluation
+    from inference.eval import generate
+    from inference.eval import report as evaluation
+    from inference.eval.splits import SPLITS
 
     if args.eval_command == "make-set":
-        if args.n < 1:
+        preset, seed, n = "wide", 0, 24
+        if args.split is not None:
+            if args.split not in SPLITS:
+                raise InputError(f"--split must be one of {', '.join(SPLITS)}", "invalid_argument")
+            split = SPLITS[args.split]
+            if args.seed is not None or (args.preset is not None and args.preset != split.preset):
+                raise InputError("--split fixes the preset and the seed", "invalid_argument")
+            preset, seed, n = split.preset, split.seed, split.n
+        preset = args.preset or preset
+        seed = seed if args.seed is None else args.seed
+        n = n if args.n is None else args.n
+        if n < 1:
             raise InputError("--n must be at least 1", "invalid_argument")
-        cases = evaluation.make_set(args.out_dir, n=args.n, seed=args.seed)
-        print(f"wrote {len(cases)} cases to {args.out_dir}")
+        if preset not in generate.PRESETS:
+            raise InputError(f"--preset must be one of {', '.join(generate.PRESETS)}", "invalid_argument")
+        cases = generate.make_set(args.out_dir, n=n, seed=seed, preset=preset)
+        print(f"wrote {len(cases)} cases ({preset}, seed {seed}) to {args.out_dir}")
         return 0
     if args.eval_command == "keypoint-offsets":
         result = evaluation.keypoint_offsets(args.set_dir, device=args.device)
         print(evaluation.format_offsets(result))
         return 0
-    report = evaluation.run_eval(args.set_dir, device=args.device)
+    report = evaluation.run_eval(args.set_dir, device=args.device,
+                                 fit=evaluation.fit_config(args.fit_overrides))
     print(evaluation.format_report(report))
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2))

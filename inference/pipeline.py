@@ -203,6 +203,7 @@ class Pipeline:
             results = []
             for i, (job, tmp) in enumerate(zip(jobs, staging)):
                 fit_info = self._fit_summary(state["fits"][i], state["bodies"][i])
+                fit_info["typed_weight_kg"] = job.subject.weight_kg
                 doc = {
                     "stages_ms": timings, "total_ms": total, "batch_size": len(jobs),
                     "models_load_ms": round(self.load_ms, 1), "device": self.device,

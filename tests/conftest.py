@@ -49,6 +49,11 @@ def pipeline(weights_dir):
 
 
 @pytest.fixture(scope="session")
+def anny_body(pipeline):
+    return pipeline.body_for("other")
+
+
+@pytest.fixture(scope="session")
 def bus_result(pipeline, bus_jpg, tmp_path_factory):
     """One full run on bus.jpg shared by the tests that inspect its artefacts."""
     from inference.pipeline import Job

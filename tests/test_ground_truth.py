@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from inference.pipeline import Job
-from inference.synthetic import render_truth, truth_for
+from inference.eval.truth import render_truth, truth_for
 from inference.types import Subject
 
 pytestmark = pytest.mark.slow
@@ -20,11 +20,6 @@ BODIES = {
     "athletic_man": dict(gender="male", muscle=0.7, weight=0.4, height=0.45),
     "heavy_woman": dict(gender="female", muscle=0.3, weight=0.75, height=0.4, proportions=0.6),
 }
-
-
-@pytest.fixture(scope="module")
-def anny_body(pipeline):
-    return pipeline.body_for("other")
 
 
 @pytest.mark.parametrize("name", sorted(BODIES))

@@ -13,6 +13,7 @@ configure_gl_platform("cpu")  # before anything imports pyrender / OpenGL
 import trimesh  # noqa: E402
 
 from inference.stages import render as R  # noqa: E402
+from inference.eval import scenes as S  # noqa: E402
 from inference.types import Camera  # noqa: E402
 
 
@@ -270,29 +271,29 @@ def test_synthetic_photo(renderer):
     cam = R.look_at_camera(v, "front", width=120, height=200, distance=3.0, camera_height=1.3)
     shirt = np.zeros(len(v), bool)
     shirt[:8] = True  # torso box
-    img = renderer.synthetic_photo(v, f, cam, clothing=(20, 40, 200), clothing_mask=shirt, rng=3)
+    img = S.synthetic_photo(renderer, v, f, cam, clothing=(20, 40, 200), clothing_mask=shirt, rng=3)
     assert img.shape == (200, 120, 3) and img.dtype == np.uint8
-    again = renderer.synthetic_photo(v, f, cam, clothing=(20, 40, 200), clothing_mask=shirt, rng=3)
+    again = S.synthetic_photo(renderer, v, f, cam, clothing=(20, 40, 200), clothing_mask=shirt, rng=3)
     assert np.array_equal(img, again)
     _, _, mask = renderer.render_mesh(v, f, cam)
     body = img[mask].astype(int)
     back = img[~mask].astype(int)
     assert np.median(body[:, 2]) > np.median(body[:, 0]) + 50  # mostly blue shirt
     assert back.std(0).mean() > 8  # background is not flat
-    flat = renderer.synthetic_photo(v, f, cam, background=(128, 128, 128), noise_sigma=0)
+    flat = S.synthetic_photo(renderer, v, f, cam, background=(128, 128, 128), noise_sigma=0)
     import cv2
 
     near = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0  # anti-aliased edge
     assert np.abs(flat[~near].astype(int) - 128).max() <= 1
-    noisy = renderer.synthetic_photo(v, f, cam, background="noise")
+    noisy = S.synthetic_photo(renderer, v, f, cam, background="noise")
     assert noisy.shape == img.shape and not np.array_equal(noisy, img)
     labels = np.zeros(len(v), int)
     labels[:8], labels[8:] = 1, 2
-    two = renderer.synthetic_photo(v, f, cam, clothing=[(200, 20, 20), (20, 200, 20)],
+    two = S.synthetic_photo(renderer, v, f, cam, clothing=[(200, 20, 20), (20, 200, 20)],
                                    clothing_mask=labels, noise_sigma=0)
     assert two[mask].astype(int)[:, 1].max() > 150 and two[mask].astype(int)[:, 0].max() > 150
     with pytest.raises(ValueError):
-        renderer.synthetic_photo(v, f, cam, background="plaid")
+        S.synthetic_photo(renderer, v, f, cam, background="plaid")
 
 
 def test_module_level_functions_share_a_renderer():
@@ -320,11 +321,11 @@ def test_synthetic_photo_of_anny_is_detected_by_yolo(renderer, weights_dir):
     rest = body.rest(shape)
     posed = body.posed(shape, body.standard_pose(shape, "apose"))
     va = posed.vertices[0].numpy()
-    masks = R.outfit_masks(rest.vertices[0].numpy(), rest.keypoints[0].numpy())
+    masks = S.outfit_masks(rest.vertices[0].numpy(), rest.keypoints[0].numpy())
     labels = np.zeros(len(va), int)
     labels[masks["top"]], labels[masks["bottom"]], labels[masks["shoes"]] = 1, 2, 3
     cam = R.look_at_camera(va, "front", width=768, height=1024, distance=3.0, camera_height=1.4)
-    img = renderer.synthetic_photo(va, body.faces, cam, clothing=[(50, 90, 150), (60, 60, 75), (25, 25, 25)],
+    img = S.synthetic_photo(renderer, va, body.faces, cam, clothing=[(50, 90, 150), (60, 60, 75), (25, 25, 25)],
                                    clothing_mask=labels, hair_mask=masks["hair"])
     res = YOLO(str(weights)).predict(img[..., ::-1].copy(), verbose=False, device="cpu")[0]
     assert len(res.boxes) >= 1 and float(res.boxes.conf[0]) > 0.6

@@ -7,7 +7,7 @@ import torch
 from inference.bodies.base import L_ANKLE, L_HIP, R_ANKLE, R_HIP
 from inference.stages import widths as W
 from inference.stages.render import focal_px_from_35mm, look_at_camera
-from inference.synthetic import truth_for
+from inference.eval.truth import truth_for
 
 pytestmark = pytest.mark.slow
 

@@ -284,6 +284,7 @@ class Renderer:
         key_light: float = 2.6,
         fill_light: float = 0.9,
         ambient: float = 0.22,
+        key_direction: Sequence[float] = (0.35, 0.5, 1.0),
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Render a body-frame mesh through ``camera``.
 
@@ -291,7 +292,8 @@ class Renderer:
         and ``face_uv`` (F, 3); otherwise flat ``color`` or per-vertex ``vertex_colors`` (V, 3)
         (sRGB, floats in [0, 1] or uint8). ``background``: None (black), an rgb tuple or an
         (h, w, 3) image. Returns ``rgb`` uint8 (h, w, 3), ``depth`` float32 (h, w) (camera z in
-        metres, 0 off the mesh) and ``mask`` bool (h, w).
+        metres, 0 off the mesh) and ``mask`` bool (h, w). ``key_direction``: the direction the key light
+        shines along, in the camera's axes (x right, y down, z forward).
         """
         import pyrender
 
@@ -361,7 +363,7 @@ class Renderer:
         scene.add(mesh)
         scene.add(cam, pose=pose)
         # key light from above-left of the camera, fill from the right; directions in camera frame
-        for direction, intensity in (((0.35, 0.5, 1.0), key_light), ((-0.6, 0.1, 1.0), fill_light)):
+        for direction, intensity in ((tuple(key_direction), key_light), ((-0.6, 0.1, 1.0), fill_light)):
             if intensity <= 0:
                 continue
             d_body = R.T @ (np.asarray(direction) / np.linalg.norm(direction))
@@ -449,128 +451,6 @@ class Renderer:
             panels.append(rgb)
         return np.concatenate(panels, axis=1)
 
-    def synthetic_photo(
-        self,
-        vertices: np.ndarray,
-        faces: np.ndarray,
-        camera: Camera,
-        *,
-        skin: RGB = (0.87, 0.70, 0.60),
-        clothing: RGB | Sequence[RGB] | None = None,
-        clothing_mask: np.ndarray | None = None,
-        hair: RGB = (0.18, 0.12, 0.08),
-        hair_mask: np.ndarray | None = None,
-        background: str | RGB = "gradient",
-        noise_sigma: float = 2.0,
-        rng: np.random.Generator | int | None = None,
-    ) -> np.ndarray:
-        """A plausible photo of the body for tests and evaluation: (h, w, 3) uint8 RGB.
-
-        Skin-coloured, shaded body; ``clothing`` colour on vertices where ``clothing_mask`` (V,)
-        is True — or, with a list of colours, an int label mask (0 = skin, k = ``clothing[k-1]``);
-        ``hair`` colour where ``hair_mask`` is True. Background: "gradient" (wall + floor with a
-        soft contact shadow and a little texture), "noise" (smooth random colour field) or an rgb
-        colour. Slight blur (anti-aliasing) and Gaussian noise of ``noise_sigma`` grey levels.
-        ``rng`` None means a fixed seed (deterministic).
-        """
-        import cv2
-
-        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0 if rng is None else rng)
-        v = _np(vertices).reshape(-1, 3)
-        n = len(v)
-        cols = np.tile(_rgb01(skin), (n, 1))
-        if clothing is not None and clothing_mask is not None:
-            cm = np.asarray(clothing_mask).reshape(n)
-            palette = np.asarray(clothing, dtype=np.float64)
-            if palette.ndim == 1:
-                cols[cm.astype(bool)] = _rgb01(palette)
-            else:
-                labels = cm.astype(np.int64)
-                for k, c in enumerate(palette, start=1):
-                    cols[labels == k] = _rgb01(c)
-        if hair_mask is not None:
-            cols[np.asarray(hair_mask, dtype=bool).reshape(n)] = _rgb01(hair)
-
-        w, h = int(camera.width), int(camera.height)
-        bg = self._photo_background(background, v, camera, gen)
-        rgb, _, mask = self.render_mesh(v, faces, camera, vertex_colors=cols, background=None,
-                                        roughness=0.65, key_light=2.8, fill_light=0.8, ambient=0.25)
-        m = mask.astype(np.float32)
-        # soft 1-px edge so the silhouette is anti-aliased
-        m = cv2.GaussianBlur(m, (0, 0), 0.6)[..., None]
-        img = bg * (1 - m) + rgb.astype(np.float32) * m
-        img = cv2.GaussianBlur(img, (0, 0), 0.5)
-        if noise_sigma > 0:
-            img = img + gen.normal(0.0, noise_sigma, size=img.shape)
-        return np.clip(np.rint(img), 0, 255).astype(np.uint8).reshape(h, w, 3)
-
-    def _photo_background(self, background, v: np.ndarray, camera: Camera,
-                          gen: np.random.Generator) -> np.ndarray:
-        """(h, w, 3) float32 background for :meth:`synthetic_photo`."""
-        import cv2
-
-        w, h = int(camera.width), int(camera.height)
-        if not isinstance(background, str):
-            return np.broadcast_to(_rgb01(background) * 255.0, (h, w, 3)).astype(np.float32).copy()
-        yy = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
-        if background == "noise":
-            low = gen.uniform(40, 220, size=(6, 5, 3)).astype(np.float32)
-            img = cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
-            fine = cv2.GaussianBlur(gen.normal(0, 12, size=(h, w, 3)).astype(np.float32), (0, 0), 2.0)
-            return np.clip(img + fine, 0, 255)
-        if background != "gradient":
-            raise ValueError(f"background must be 'gradient', 'noise' or an rgb colour, not {background!r}")
-        R = np.asarray(camera.R, dtype=np.float64)
-        t = np.asarray(camera.t, dtype=np.float64)
-        wall_top = np.array(gen.uniform([200, 190, 175], [235, 228, 215]), dtype=np.float32)
-        wall_bot = wall_top * np.float32(gen.uniform(0.78, 0.9))
-        img = wall_top * (1 - yy) + wall_bot * yy + np.zeros((h, w, 3), np.float32)
-        # faint wall texture
-        tex = cv2.GaussianBlur(gen.normal(0, 6, size=(h, w)).astype(np.float32), (0, 0), 3.0)
-        img += tex[..., None]
-        # floor: the body stands on y = min y; the wall is 1.5 m behind it
-        centre = (v.min(0) + v.max(0)) / 2
-        floor_y = v[:, 1].min()
-        cam_c = -R.T @ t
-        back = centre - cam_c
-        back[1] = 0
-        back /= max(np.linalg.norm(back), 1e-9)
-        junction = centre + back * 1.5
-        junction[1] = floor_y
-        pj = junction @ R.T + t
-        if pj[2] > 1e-3:
-            row = camera.fy * pj[1] / pj[2] + camera.cy
-            floor_col = np.array(gen.uniform([120, 100, 80], [175, 150, 125]), dtype=np.float32)
-            rows = np.arange(h, dtype=np.float32)
-            on_floor = np.clip(rows - row, 0, None)
-            fmask = (rows >= row)[:, None, None]
-            shade = (0.85 + 0.25 * on_floor / max(h - row, 1.0))[:, None, None]
-            floor = floor_col * shade + np.zeros((h, w, 3), np.float32)
-            floor += cv2.GaussianBlur(gen.normal(0, 8, size=(h, w)).astype(np.float32), (0, 0), 1.5)[..., None]
-            img = np.where(fmask, floor, img)
-            # skirting board line at the junction
-            r0 = int(np.clip(np.floor(row), 0, h))
-            img[max(r0 - 3, 0):r0] *= 0.8
-            # contact shadow: a blurred ellipse on the floor around the feet
-            feet = v[v[:, 1] < floor_y + 0.08]
-            fc = feet.mean(0)
-            ang = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-            rx = max(np.ptp(feet[:, 0]) / 2 + 0.15, 0.2)
-            rz = max(np.ptp(feet[:, 2]) / 2 + 0.12, 0.18)
-            ring = np.stack([fc[0] + rx * np.cos(ang), np.full_like(ang, floor_y), fc[2] + rz * np.sin(ang)], 1)
-            pr = ring @ R.T + t
-            if np.all(pr[:, 2] > 1e-3):
-                uvr = camera.project(ring)
-                sh = np.zeros((h, w), np.float32)
-                cv2.fillPoly(sh, [np.round(uvr).astype(np.int32)], 1.0)
-                sh = cv2.GaussianBlur(sh, (0, 0), max(3.0, 0.01 * h))
-                img *= (1 - 0.35 * sh)[..., None]
-        # vignette
-        xx = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
-        yv = np.linspace(-1, 1, h, dtype=np.float32)[:, None]
-        img *= (1 - 0.12 * (xx ** 2 + yv ** 2))[..., None]
-        return np.clip(img, 0, 255)
-
 
 def _light_rotation(direction: np.ndarray) -> np.ndarray:
     """Rotation whose -Z axis points along ``direction`` (pyrender lights shine along local -Z)."""
@@ -592,53 +472,6 @@ def _background(background, h: int, w: int) -> np.ndarray:
             raise ValueError(f"background is {b.shape[1]}x{b.shape[0]}, camera is {w}x{h}")
         return np.ascontiguousarray(b[..., :3]).astype(np.uint8, copy=True)
     return np.broadcast_to(np.rint(_rgb01(b) * 255).astype(np.uint8), (h, w, 3)).copy()
-
-
-# ---- outfits for synthetic photos -------------------------------------------------------------
-def outfit_masks(vertices: np.ndarray, keypoints: np.ndarray) -> dict[str, np.ndarray]:
-    """Rough per-vertex regions from the rest-pose mesh and its COCO keypoints (body frame):
-    ``hair`` (top and back of the head), ``top`` (torso + short sleeves), ``bottom`` (hips and
-    legs), ``shoes`` (feet). Heuristic: each vertex goes to its nearest bone segment. Masks are by
-    vertex index, so they can be reused for any pose of the same shape."""
-    v = _np(vertices).reshape(-1, 3)
-    k = _np(keypoints).reshape(17, -1)[:, :3]
-    sh_mid, hip_mid = (k[5] + k[6]) / 2, (k[11] + k[12]) / 2
-    ear_mid = (k[3] + k[4]) / 2
-    bones = {  # name: (start, end)
-        "spine": (hip_mid, sh_mid), "l_flank": (k[11], k[5]), "r_flank": (k[12], k[6]),
-        "shoulders": (k[5], k[6]), "pelvis": (k[11], k[12]),
-        "neck": (sh_mid, ear_mid), "head": (ear_mid, ear_mid + (ear_mid - sh_mid) * 0.15),
-        "l_upper": (k[5], k[7]), "r_upper": (k[6], k[8]), "l_fore": (k[7], k[9]), "r_fore": (k[8], k[10]),
-        "l_hand": (k[9], k[9] + (k[9] - k[7]) * 0.45), "r_hand": (k[10], k[10] + (k[10] - k[8]) * 0.45),
-        "l_thigh": (k[11], k[13]), "r_thigh": (k[12], k[14]), "l_shin": (k[13], k[15]), "r_shin": (k[14], k[16]),
-    }
-    names = list(bones)
-    dist = np.empty((len(v), len(names)))
-    tpar = np.empty_like(dist)
-    for j, name in enumerate(names):
-        a, b = bones[name]
-        ab = b - a
-        tt = np.clip((v - a) @ ab / max(ab @ ab, 1e-12), 0, 1)
-        dist[:, j] = np.linalg.norm(v - (a + tt[:, None] * ab), axis=1)
-        tpar[:, j] = tt
-    near = dist.argmin(1)
-    which = np.array(names)[near]
-    t_near = tpar[np.arange(len(v)), near]
-    torso = np.isin(which, ["spine", "l_flank", "r_flank", "shoulders", "pelvis"])
-    y = v[:, 1]
-    ankle_y = min(k[15, 1], k[16, 1])
-    waist = hip_mid[1] + 0.25 * (sh_mid[1] - hip_mid[1])
-    neck_low = (which == "neck") & (t_near < 0.25)
-    sleeves = np.isin(which, ["l_upper", "r_upper"]) & (t_near < 0.55)
-    top = (torso & (y >= waist)) | sleeves | neck_low
-    legs = np.isin(which, ["l_thigh", "r_thigh", "l_shin", "r_shin"])
-    shoes = (legs | torso) & (y < ankle_y + 0.035)
-    bottom = ((torso & (y < waist)) | legs) & ~shoes
-    head = np.isin(which, ["head", "neck"]) & (y > ear_mid[1] - 0.06)
-    eye_y = (k[1, 1] + k[2, 1]) / 2
-    face_front = v[:, 2] > ear_mid[2] + 0.02
-    hair = head & ((y > eye_y + 0.035) | ((~face_front) & (y > ear_mid[1] - 0.05)))
-    return {"hair": hair, "top": top & ~hair, "bottom": bottom, "shoes": shoes}
 
 
 # ---- process-wide renderer ---------------------------------------------------------------------
@@ -687,8 +520,3 @@ def overlay(photo, vertices, faces, camera: Camera, alpha: float = 0.5, **kwargs
 def preview(vertices, faces, uv=None, face_uv=None, texture=None, size: int = 512, **kwargs) -> np.ndarray:
     """:meth:`Renderer.preview` on the process-wide renderer."""
     return get_renderer().preview(vertices, faces, uv, face_uv, texture, size, **kwargs)
-
-
-def synthetic_photo(vertices, faces, camera: Camera, **kwargs) -> np.ndarray:
-    """:meth:`Renderer.synthetic_photo` on the process-wide renderer."""
-    return get_renderer().synthetic_photo(vertices, faces, camera, **kwargs)

@@ -1,9 +1,6 @@
-"""``avatar eval``: measurement accuracy on synthetic ground truth.
+"""``avatar eval run`` and ``keypoint-offsets``: measurement accuracy on a set made by
+``avatar eval make-set`` (``inference.eval.generate``).
 
-``make-set`` renders Anny bodies of known shape (both genders, heights ~150-200 cm, lean to heavy,
-adult ages) standing in the A-pose, dressed in clothing-like colours, photographed by a ~50 mm
-equivalent camera ~3 m away in front of a non-trivial background; the truth (phenotypes, A-pose
-mesh, height, mass, measurements by our own measure stage) is stored next to each photo.
 ``run`` puts every photo through the whole pipeline with the true height, weight and gender (and
 again with the inputs off by ±2 cm / ±5 kg) and reports errors against a photo-free baseline: the
 body that matches only the typed height, weight and gender.
@@ -20,76 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from inference.errors import AvatarError
+from inference.errors import AvatarError, InputError
+from inference.eval.generate import describe, photo_path
 from inference.stages.measure import MEASUREMENTS
-
-GENDERS = ("male", "female")
-
-
-# The population make-set draws from: adults of both genders, 150-200 cm, from lean to heavy and
-# from low to high muscle (Anny's muscle and weight phenotypes over their whole range), kept to
-# plausible people by the body-mass index of the result.
-HEIGHT_CM = (150.0, 200.0)
-BMI = (17.0, 40.0)
-
-
-def sample_phenotypes(rng: np.random.Generator, gender: str) -> dict:
-    return {
-        "gender": gender,
-        "age": float(rng.uniform(0.77, 0.86)),
-        "muscle": float(rng.uniform(0.0, 1.0)),
-        "weight": float(rng.uniform(0.0, 1.0)),
-        "height": float(rng.uniform(0.15, 0.65)),
-        "proportions": float(rng.uniform(0.25, 0.75)),
-    }
-
-
-def plausible(height_cm: float, weight_kg: float) -> bool:
-    bmi = weight_kg / (height_cm / 100.0) ** 2
-    return HEIGHT_CM[0] <= height_cm <= HEIGHT_CM[1] and BMI[0] <= bmi <= BMI[1]
-
-
-def make_set(out_dir: Path, n: int = 24, seed: int = 0, log=print) -> list[Path]:
-    """Write ``n`` cases ``case_XXX/{photo.png, truth.json, truth_mesh.npz, truth_mask.png}``
-    under ``out_dir`` (the mask is the true silhouette, for checking the segmenter)."""
-    from inference.bodies.anny_body import AnnyBody
-    from inference.stages.render import Renderer
-    from inference.synthetic import render_truth, truth_for
-
-    rng = np.random.default_rng(seed)
-    body = AnnyBody()
-    renderer = Renderer("cpu")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cases = []
-    try:
-        for i in range(n):
-            gender = GENDERS[i % 2]
-            while True:  # redraw until the body is a plausible adult
-                ph = sample_phenotypes(rng, gender)
-                truth = truth_for(body, **ph)
-                if plausible(truth.height_cm, truth.weight_kg):
-                    break
-            case = out_dir / f"case_{i:03d}"
-            case.mkdir(exist_ok=True)
-            photo, mask, cam = render_truth(truth, body, renderer, rng, with_mask=True)
-            Image.fromarray(photo).save(case / "photo.png")
-            Image.fromarray(mask.astype(np.uint8) * 255).save(case / "truth_mask.png")
-            # the second set: what a user who is a little off would type
-            given = {"height_cm": round(truth.height_cm + float(rng.choice([-2.0, 2.0])), 1),
-                     "weight_kg": round(truth.weight_kg + float(rng.choice([-5.0, 5.0])), 1)}
-            camera = {"fx": cam.fx, "fy": cam.fy, "cx": cam.cx, "cy": cam.cy, "width": cam.width,
-                      "height": cam.height, "R": cam.R.tolist(), "t": cam.t.tolist()}
-            (case / "truth.json").write_text(json.dumps(
-                {**truth.to_json(), "perturbed_input": given, "camera": camera}, indent=2))
-            np.savez_compressed(case / "truth_mesh.npz", vertices=truth.vertices.astype(np.float32))
-            cases.append(case)
-            log(f"{case.name}: {gender:6s} {truth.height_cm:5.1f} cm {truth.weight_kg:5.1f} kg "
-                f"chest {truth.measurements['chest']:.1f} waist {truth.measurements['waist']:.1f} "
-                f"hip {truth.measurements['hip']:.1f}")
-    finally:
-        renderer.close()
-    return cases
-
 
 @dataclass
 class Row:
@@ -112,8 +42,36 @@ class Row:
         }
 
 
-def run_eval(set_dir: Path, device: str = "auto", log=print) -> dict:
-    """Run the pipeline (exact and perturbed inputs) and the photo-free baseline on a set."""
+def fit_config(overrides: list[str]):
+    """``["key=value", ...]`` → a FitConfig with those fields changed (typed as the defaults)."""
+    import dataclasses
+
+    from inference.stages.fit import FitConfig
+
+    cfg = FitConfig()
+    fields = {f.name: f for f in dataclasses.fields(FitConfig)}
+    changes = {}
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        if key not in fields or not raw:
+            raise InputError(f"--fit {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}",
+                             "invalid_argument")
+        default = getattr(cfg, key)
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise InputError(f"--fit {item!r}: expected true or false", "invalid_argument")
+            changes[key] = raw.lower() in ("true", "1")
+        else:
+            try:
+                changes[key] = type(default)(raw)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"--fit {item!r}: {exc}", "invalid_argument") from exc
+    return dataclasses.replace(cfg, **changes)
+
+
+def run_eval(set_dir: Path, device: str = "auto", log=print, fit=None) -> dict:
+    """Run the pipeline (exact and perturbed inputs) and the photo-free baseline on a set;
+    ``fit``: the FitConfig to use (default: the shipped one)."""
     from inference.pipeline import Job, Pipeline, PipelineConfig
     from inference.stages.fit import FitConfig, Fitter, FitTarget
     from inference.stages.measure import measure
@@ -122,7 +80,7 @@ def run_eval(set_dir: Path, device: str = "auto", log=print) -> dict:
     cases = sorted(p for p in Path(set_dir).glob("case_*") if (p / "truth.json").is_file())
     if not cases:
         raise AvatarError(f"{set_dir} holds no case_*/truth.json: make one with `avatar eval make-set`")
-    pipe = Pipeline(PipelineConfig(device=device, body_model="anny"), log=log)
+    pipe = Pipeline(PipelineConfig(device=device, body_model="anny", fit=fit or FitConfig()), log=log)
     body = pipe.body_for("other")
     baseline_fitter = Fitter(body, FitConfig(use_photo=False))
     rows = {k: Row(k) for k in ("pipeline", "pipeline, inputs off by ±2 cm/±5 kg", "baseline (no photo)")}
@@ -133,7 +91,7 @@ def run_eval(set_dir: Path, device: str = "auto", log=print) -> dict:
                 truth = json.loads((case / "truth.json").read_text())
                 true_v = np.load(case / "truth_mesh.npz")["vertices"]
                 want = truth["measurements"]
-                item = {"case": case.name, "truth": want}
+                item = {"case": case.name, "truth": want, "scene": describe(truth.get("scene"))}
                 runs = {
                     "pipeline": Subject(truth["height_cm"], truth["gender"], truth["weight_kg"]),
                     "pipeline, inputs off by ±2 cm/±5 kg": Subject(
@@ -145,7 +103,7 @@ def run_eval(set_dir: Path, device: str = "auto", log=print) -> dict:
                     row.runs += 1
                     t0 = time.perf_counter()
                     try:
-                        res = pipe.run(Job(case / "photo.png", subject, Path(tmp) / case.name))
+                        res = pipe.run(Job(photo_path(case), subject, Path(tmp) / case.name))
                     except AvatarError as exc:
                         row.failures += 1
                         item[name] = {"error": str(exc)}
@@ -157,6 +115,8 @@ def run_eval(set_dir: Path, device: str = "auto", log=print) -> dict:
                         row.errors[m].append(abs(got[m] - want[m]))
                     row.vertex_mm.append(_vertex_error_mm(_read_vertices(res.files["body_apose.obj"]), true_v))
                     item[name] = got
+                    if name == "pipeline":
+                        item["fitted_mass_kg"] = res.fit.get("mass_kg")
                 # baseline: only height, weight and gender
                 row = rows["baseline (no photo)"]
                 row.runs += 1
@@ -177,12 +137,38 @@ def run_eval(set_dir: Path, device: str = "auto", log=print) -> dict:
     finally:
         pipe.close()
     return {"set": str(set_dir), "cases": len(cases), "device": pipe.device,
-            "rows": {k: r.summary() for k, r in rows.items()}, "per_case": per_case}
+            "rows": {k: r.summary() for k, r in rows.items()}, "per_case": per_case,
+            "bias_cm": _bias(per_case), "worst": _worst(per_case)}
+
+
+def _bias(per_case: list[dict]) -> dict:
+    """Mean signed error (fitted − true, cm) of the pipeline per measurement: a bias, not noise,
+    is what clothes or a convention cause."""
+    out = {}
+    for m in MEASUREMENTS:
+        d = [c["pipeline"][m] - c["truth"][m] for c in per_case if m in c.get("pipeline", {})]
+        out[m] = round(statistics.fmean(d), 2) if d else None
+    return out
+
+
+def _worst(per_case: list[dict], k: int = 5) -> list[dict]:
+    """The ``k`` photos with the largest chest/waist/hip error, with what was unusual about them."""
+    scored = []
+    for c in per_case:
+        got = c.get("pipeline", {})
+        if "chest" not in got:
+            scored.append((float("inf"), c, "failed: " + got.get("error", "")))
+            continue
+        errs = {m: got[m] - c["truth"][m] for m in ("chest", "waist", "hip")}
+        worst = max(errs, key=lambda m: abs(errs[m]))
+        scored.append((abs(errs[worst]), c, " ".join(f"{m} {e:+.1f}" for m, e in errs.items())))
+    scored.sort(key=lambda x: -x[0])
+    return [{"case": c["case"], "errors": e, "scene": c.get("scene", "")} for _, c, e in scored[:k]]
 
 
 def keypoint_offsets(set_dir: Path, device: str = "auto", log=print) -> dict:
     """Where the pose detector puts each COCO keypoint on a set's photos, relative to the body
-    model's own keypoints projected with the true camera: per keypoint the mean and spread of
+    model's own keypoints projected with the true camera: per keypoint the median and spread of
     (outward, up) in torso lengths, left and right pooled (the body is symmetric). This is the
     table the fitter corrects its model keypoints by (``BodyModel.detector_offsets``): the two
     keypoint conventions differ (the detector's hips sit higher, its ankles lower and wider)."""
@@ -209,11 +195,12 @@ def keypoint_offsets(set_dir: Path, device: str = "auto", log=print) -> dict:
         c = truth["camera"]
         cam = Camera(c["fx"], c["fy"], c["cx"], c["cy"], c["width"], c["height"],
                      np.array(c["R"]), np.array(c["t"]))
-        v = np.load(case / "truth_mesh.npz")["vertices"]
+        meshes = np.load(case / "truth_mesh.npz")
+        v = meshes["photo_vertices"] if "photo_vertices" in meshes.files else meshes["vertices"]
         with torch.no_grad():
             kp = body.keypoints_from_vertices(torch.as_tensor(v[None], dtype=body.dtype, device=body.device))
         model_uv = cam.project(kp[0].cpu().numpy().astype(np.float64))
-        photo = load_photo(case / "photo.png")
+        photo = load_photo(photo_path(case))
         found = choose_subject(detector.detect([photo.image])[0], photo.image.shape).keypoints
         sx, sy = photo.image.shape[1] / c["width"], photo.image.shape[0] / c["height"]
         det_uv = found[:, :2] / [sx, sy]
@@ -229,7 +216,8 @@ def keypoint_offsets(set_dir: Path, device: str = "auto", log=print) -> dict:
         x = x[~np.isnan(x).any(1)]
         if k == 0:
             x[:, 0] = 0.0  # on the mid-line: no outward
-        rows[name] = {"outward": round(float(x[:, 0].mean()), 3), "up": round(float(x[:, 1].mean()), 3),
+        # the median: a detector that swaps the legs on one photo must not move the table
+        rows[name] = {"outward": round(float(np.median(x[:, 0])), 3), "up": round(float(np.median(x[:, 1])), 3),
                       "sd_outward": round(float(x[:, 0].std()), 3), "sd_up": round(float(x[:, 1].std()), 3),
                       "n": int(len(x))}
     log(f"{len(cases)} photos")
@@ -274,5 +262,12 @@ def format_report(report: dict) -> str:
         lines.append(cells)
     widths = [max(len(str(row[i])) for row in [head, *lines]) for i in range(len(head))]
     fmt = lambda row: " | ".join(str(c).ljust(w) for c, w in zip(row, widths))  # noqa: E731
-    return "\n".join([f"absolute error in cm (mean/max) over {report['cases']} photos, device {report['device']}",
-                      fmt(head), "-+-".join("-" * w for w in widths), *map(fmt, lines)])
+    out = [f"absolute error in cm (mean/max) over {report['cases']} photos, device {report['device']}",
+           fmt(head), "-+-".join("-" * w for w in widths), *map(fmt, lines)]
+    if report.get("bias_cm"):
+        out.append("pipeline bias (mean fitted - true, cm): "
+                   + ", ".join(f"{m} {b:+.1f}" for m, b in report["bias_cm"].items() if b is not None))
+    if report.get("worst"):
+        out.append("worst photos (chest/waist/hip error, cm) and what was unusual:")
+        out += [f"  {w['case']}: {w['errors']} — {w['scene']}" for w in report["worst"]]
+    return "\n".join(out)

@@ -1,4 +1,5 @@
-"""Photos of bodies whose shape we know: the ground truth for tests and ``avatar eval``.
+"""Photos of bodies whose shape we know: the ground truth for tests and ``avatar eval``'s
+"studio" preset.
 
 An Anny body with chosen phenotypes stands in the standard A-pose, dressed in form-fitting
 clothing colours, and is rendered with the project's own renderer by a ~50 mm-equivalent camera
@@ -16,9 +17,6 @@ from inference.bodies.anny_body import GENDER_VALUE, PHENOTYPES, AnnyBody
 from inference.stages.fit import DENSITY, mesh_volume
 from inference.stages.measure import measure
 
-SKINS = ((0.87, 0.70, 0.58), (0.76, 0.57, 0.45), (0.55, 0.38, 0.28), (0.36, 0.24, 0.17))
-CLOTHES = ((0.15, 0.25, 0.55), (0.55, 0.12, 0.12), (0.2, 0.2, 0.22), (0.35, 0.45, 0.3),
-           (0.6, 0.55, 0.45), (0.12, 0.12, 0.14))
 
 
 @dataclass
@@ -56,24 +54,20 @@ def render_truth(truth: Truth, body: AnnyBody, renderer, rng: np.random.Generato
                  focal_35mm: float = 50.0, with_mask: bool = False):
     """A photo of ``truth``'s body: (H, W, 3) uint8 RGB; with ``with_mask`` → (photo, its true
     silhouette (H, W) bool (what a perfect segmenter would return), the camera)."""
-    from inference.stages.render import focal_px_from_35mm, look_at_camera, outfit_masks
+    from inference.eval.scenes import SKINS, outfit, outfit_masks, synthetic_photo
+    from inference.stages.render import focal_px_from_35mm, look_at_camera
 
     w, h = size
     v = truth.vertices
     kp = body.keypoints_from_vertices(torch.as_tensor(v[None], dtype=body.dtype, device=body.device))
     masks = outfit_masks(v, kp[0].cpu().numpy())
-    labels = np.zeros(len(v), np.int64)
-    labels[masks["top"]] = 1
-    labels[masks["bottom"]] = 2
-    labels[masks["shoes"]] = 3
-    top, bottom = rng.choice(len(CLOTHES), 2, replace=False)
-    clothing = [CLOTHES[top], CLOTHES[bottom], (0.08, 0.08, 0.08)]
+    labels, clothing = outfit(masks, rng)
     f = focal_px_from_35mm(focal_35mm, w, h)
     cam = look_at_camera(v, "front", width=w, height=h, focal_px=f, distance=distance,
                          camera_height=float(rng.uniform(1.2, 1.5)))
     background = "gradient" if rng.random() < 0.7 else "noise"
-    photo = renderer.synthetic_photo(
-        v, body.faces, cam, skin=SKINS[int(rng.integers(len(SKINS)))], clothing=clothing,
+    photo = synthetic_photo(
+        renderer, v, body.faces, cam, skin=SKINS[int(rng.integers(len(SKINS)))], clothing=clothing,
         clothing_mask=labels, hair_mask=masks["hair"], background=background, rng=rng,
     )
     if not with_mask:
