@@ -35,8 +35,9 @@ def test_measurements_of_a_known_body_are_recovered(name, pipeline, anny_body, t
     assert abs(got["height"] - want["height"]) <= 0.5
     for key in ("chest", "waist", "hip"):
         assert abs(got[key] - want[key]) <= GIRTH_TOLERANCE_CM, (key, got[key], want[key])
-    # the truth's mass is its standing mesh's volume × density, as the fit's is
-    assert result.fit["mass_kg"] == pytest.approx(truth.weight_kg, rel=0.01)
+    # the truth's mass is its standing mesh's volume × density, as the fit's is; the typed
+    # weight is a soft prior (people misreport it), so the photo may pull it by a few per cent
+    assert result.fit["mass_kg"] == pytest.approx(truth.weight_kg, rel=0.04)
     # the body stands as the camera saw it: the fitted camera turned < 6° from the true one
     # (a stage that could only rotate, not shift, the body once tilted it by ~15°)
     fitted_R = np.load(tmp_path / "avatar" / "anny_params.npz")["camera_R"].astype(np.float64)

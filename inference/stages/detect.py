@@ -50,6 +50,24 @@ class Detector:
         return out
 
 
+# (left, right) COCO pairs whose order across the image a frontal photo fixes: knees, ankles,
+# elbows, wrists
+SIDE_PAIRS = ((13, 14), (15, 16), (7, 8), (9, 10))
+
+
+def crossed_sides(keypoints: np.ndarray, tolerance_px: float, min_conf: float = 0.3) -> list[int]:
+    """Indices of the keypoint pairs a frontal photo cannot show: the person's left on the
+    image's left of their right by more than ``tolerance_px``. A small pose detector swaps or
+    merges the legs on busy backgrounds; legs or arms really crossed in a photo for an avatar
+    are rarer than that, so both keypoints of such a pair are better not trusted."""
+    out = []
+    for left, right in SIDE_PAIRS:
+        if keypoints[left, 2] >= min_conf and keypoints[right, 2] >= min_conf \
+                and keypoints[left, 0] < keypoints[right, 0] - tolerance_px:
+            out += [left, right]
+    return out
+
+
 def choose_subject(people: list[Detection], image_shape: tuple[int, ...]) -> Detection:
     """The largest confident person, refused if no one is found or the body is cut off."""
     confident = [p for p in people if p.score >= PERSON_SCORE]

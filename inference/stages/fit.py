@@ -36,11 +36,14 @@ import torch.nn.functional as F
 
 from inference.bodies.base import LIMB, LIMBS, BodyModel, rotvec_to_matrix
 from inference.stages import widths as W
+from inference.stages.detect import crossed_sides
 from inference.types import Camera, Subject, focal_px_from_35mm
 
 DENSITY = 985.0  # kg/m³, whole human body (with lungs); literature 985-1010
 DEFAULT_FOCAL_35MM = 50.0
 KEYPOINT_MIN_CONF = 0.3
+N_CLOTH = 2  # stage C's clothes offsets: at the hips, under the arms
+CLOTH_STARTS = ((0.0, 0.0), (1.5, 1.5), (2.5, 1.0))  # cm; where stage C's coarse search tries them
 FLIP = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])  # body → camera, facing it
 
 # soft joint limits on the limb axis-angles, in body axes (radians): (min, max) per xyz
@@ -79,7 +82,18 @@ class FitConfig:
     shape_iterations: int = 12
     coarse_grid: int = 7  # muscle values tried before stage C (see Fitter._coarse_start)
     sigma_width_cm: float = 0.5  # per band
-    sigma_mass: float = 0.002  # relative: the typed weight is nearly a constraint
+    # bands further off than this many sigmas count linearly, not squared: an arm or a shadow
+    # that the segmenter joined to the trunk must not decide the shape
+    width_huber: float = 3.0
+    # relative: people misreport their weight by a few kg, so the photo may pull against it
+    sigma_mass: float = 0.03
+    # clothes: the trunk's silhouette is the clothes' outline and the body lies inside it. Stage
+    # C solves, beside the shape, how far the clothes stand off the body on each side (cm) at the
+    # hips and under the arms (linear between), each in [0, cloth_max_cm] and pulled toward 0 by
+    # sigma_cloth_cm: a silhouette wider than the typed weight allows is read as cloth
+    cloth_gap: bool = True
+    cloth_max_cm: float = 4.0
+    sigma_cloth_cm: float = 1.5
     sigma_natural_height: float = 0.01  # relative; for body models with ``natural_height``
     w_shape_solve_prior: float = 10.0
     widths_relative: bool = True
@@ -148,6 +162,21 @@ class _PhotoTerms:
         return d + over
 
 
+TRUST_OUTSIDE = 0.02  # a keypoint this far outside the silhouette (share of its height) loses most trust
+
+
+def keypoint_trust(conf: torch.Tensor, uv: torch.Tensor, term: "_PhotoTerms", pix_h: float) -> torch.Tensor:
+    """(17,) detector confidences → the same, less where the detection contradicts the silhouette:
+    a keypoint off the silhouette (the detector put an ankle in the gap between the legs) fades
+    with its distance; a left/right pair the wrong way round in a frontal photo
+    (``crossed_sides``) is dropped, and the silhouette alone places that limb."""
+    d = term.sample_outside(uv) / (TRUST_OUTSIDE * pix_h)
+    out = conf * torch.exp(-(d**2))
+    kp = torch.cat([uv, conf[:, None]], 1).detach().cpu().numpy()
+    out[crossed_sides(kp, TRUST_OUTSIDE * pix_h, min_conf=1e-6)] = 0.0
+    return out
+
+
 class Fitter:
     def __init__(self, body: BodyModel, config: FitConfig | None = None):
         self.body = body
@@ -205,6 +234,8 @@ class Fitter:
                 u, v = (x1 + x2) / 2.0, (y1 + y2) / 2.0
                 trans[i] = torch.tensor([(u - cx) * z / f, (v - cy) * z / f, z])
             pix_h = torch.tensor([max(t.bbox[3] - t.bbox[1], 1.0) for t in terms], device=dev, dtype=dt)
+            conf = torch.stack([keypoint_trust(conf[i], kp2d[i, :, :2], term, float(pix_h[i]))
+                                for i, term in enumerate(terms)])
 
         flip = FLIP.to(dev, dt)
 
@@ -385,19 +416,33 @@ class Fitter:
     @torch.no_grad()
     def _solve_shape(self, shape, free, subject: Subject, target: FitTarget, limbs, stand, rot, trans,
                      K, height_m: float, weight_kg: float | None) -> tuple[torch.Tensor, dict]:
-        """Stage C: Levenberg-Marquardt on the free shape parameters of one photo, pose and
-        camera fixed, on ``_shape_residuals``. Few parameters and a stiff mass constraint: a
-        (finite-difference) Gauss-Newton step follows the constant-mass valley where a
-        first-order optimiser crawls."""
+        """Stage C: Levenberg-Marquardt on the free shape parameters of one photo (and, with
+        ``cloth_gap``, the clothes' two offsets), pose and camera fixed, on
+        ``_shape_residuals``. Few parameters and a stiff mass term: a (finite-difference)
+        Gauss-Newton step follows the constant-mass valley where a first-order optimiser crawls."""
         residuals, info = self._shape_residuals(shape, subject, target, limbs, stand, rot, trans, K,
                                                 height_m, weight_kg)
         if residuals is None:
             return shape, info
+        n_shape = shape.shape[0]
         start = self._coarse_start(residuals, shape, free, stand, height_m, weight_kg)
-        x, cost0, cost = levenberg_marquardt(residuals, start, torch.nonzero(free > 0).flatten(),
-                                             self.body.clamp_shape, self.config.shape_iterations)
+        free_idx = torch.nonzero(free > 0).flatten()
+        if self.config.cloth_gap:
+            free_idx = torch.cat([free_idx, n_shape + torch.arange(N_CLOTH, device=free_idx.device)])
+        x, cost0, cost = levenberg_marquardt(residuals, start, free_idx, self._clamp_params,
+                                             self.config.shape_iterations)
         info.update(width_cost_first=round(cost0, 3), width_cost_last=round(cost, 3))
-        return x, info
+        if self.config.cloth_gap:
+            info["cloth_gap_cm"] = [round(float(g), 2) for g in x[n_shape:]]
+        return x[:n_shape], info
+
+    def _clamp_params(self, X: torch.Tensor) -> torch.Tensor:
+        """(N, S + N_CLOTH) stage C parameters onto their valid ranges."""
+        n_shape = X.shape[1] - N_CLOTH
+        out = X.clone()
+        out[:, :n_shape] = self.body.clamp_shape(X[:, :n_shape].clone())
+        out[:, n_shape:] = X[:, n_shape:].clamp(0.0, self.config.cloth_max_cm)
+        return out
 
     @torch.no_grad()
     def _coarse_start(self, residuals, shape, free, stand, height_m: float, weight_kg: float | None):
@@ -407,8 +452,20 @@ class Fitter:
         smooth (Anny interpolates between extreme bodies), so a local solver started on one side
         of a kink does not see a better valley on the other."""
         body = self.body
+        gaps = torch.tensor(CLOTH_STARTS, device=shape.device, dtype=shape.dtype)
+        if not self.config.cloth_gap:
+            gaps = gaps[:1]
+
+        def with_gaps(X):  # (N, S) → (N * G, S + N_CLOTH): every candidate with every gap start
+            n, g = X.shape[0], gaps.shape[0]
+            return torch.cat([X.repeat_interleave(g, 0), gaps.repeat(n, 1)], 1)
+
+        def best(X):
+            X = with_gaps(X)
+            return X[int(torch.argmin((residuals(X) ** 2).sum(1)))]
+
         if body.mass_search is None or not all(bool(free[i] > 0) for i in body.mass_search):
-            return shape
+            return best(shape[None])
         a, b = body.mass_search
         grid = torch.linspace(0.0, 1.0, self.config.coarse_grid, device=shape.device, dtype=shape.dtype)
         X = shape[None].repeat(len(grid), 1)
@@ -420,9 +477,7 @@ class Fitter:
                 heavy = self._mass(body.clamp_shape(X.clone()), stand, height_m) > weight_kg
                 hi, lo = torch.where(heavy, X[:, b], hi), torch.where(heavy, lo, X[:, b])
             X[:, b] = 0.5 * (lo + hi)
-        X = torch.cat([shape[None], body.clamp_shape(X)])
-        costs = (residuals(X) ** 2).sum(1)
-        return X[int(torch.argmin(costs))]
+        return best(torch.cat([shape[None], body.clamp_shape(X)]))
 
     def _mass(self, shape: torch.Tensor, stand: torch.Tensor, height_m: float) -> torch.Tensor:
         """(N, S) → (N,) kg at the given standing height."""
@@ -478,7 +533,14 @@ class Fitter:
         h_bias = own.height_px - model_h_px
         cm_per_px = 100.0 * height_m / max(model_h_px, 1.0)
 
-        def residuals(X):  # (N, S) → (N, R)
+        n_shape = shape.shape[0]
+        # where each band lies between the hips (0) and under the arms (1): the clothes' offset
+        # there is interpolated between the two solved for
+        centre = 0.5 * (edges[:-1] + edges[1:])[valid]
+        pos = ((edges[-1] - centre) / (edges[-1] - edges[0])).clamp(0.0, 1.0)
+
+        def residuals(P):  # (N, S + N_CLOTH) → (N, R)
+            X, gap = P[:, :n_shape], P[:, n_shape:]
             st, scale, mass, to_cam = self._posed_camera(X, limbs, stand, rot, trans, height_m)
             uv = project(to_cam(st.vertices))
             lo, hi = W.band_extents(uv[:, self.trunk_idx], edges)
@@ -486,8 +548,12 @@ class Fitter:
             if cfg.widths_relative:  # read against the body's height in pixels, not the camera distance
                 model_h = uv[..., 1].amax(-1) - uv[..., 1].amin(-1) + h_bias
                 width = width * (wt.height_px / model_h)[:, None]
-            res = [torch.nan_to_num((width - want) * cm_per_px / cfg.sigma_width_cm, nan=0.0,
-                                    posinf=0.0, neginf=0.0)]
+            cloth = 2.0 * (gap[:, :1] * (1 - pos) + gap[:, 1:2] * pos) if cfg.cloth_gap else 0.0
+            r = torch.nan_to_num(((width - want) * cm_per_px + cloth) / cfg.sigma_width_cm, nan=0.0,
+                                 posinf=0.0, neginf=0.0)
+            res = [huber_residual(r, cfg.width_huber)]
+            if cfg.cloth_gap:
+                res.append(gap / cfg.sigma_cloth_cm)
             if weight_kg is not None:
                 res.append(((mass - weight_kg) / weight_kg / cfg.sigma_mass)[:, None])
             if body.natural_height:
@@ -516,6 +582,13 @@ class Fitter:
             "keypoint_error_median_rel": float(np.median(err[seen]) / ph) if seen.any() else None,
             "vertices_in_silhouette": frac_in,
         }
+
+
+def huber_residual(r: torch.Tensor, k: float) -> torch.Tensor:
+    """Residuals whose squares are the Huber loss of ``r`` (quadratic within ``k``, linear beyond),
+    so a least-squares solver minimises the robust loss."""
+    a = r.abs()
+    return torch.where(a <= k, r, torch.sign(r) * torch.sqrt((2.0 * k * a - k * k).clamp(min=0.0)))
 
 
 def levenberg_marquardt(residuals, x0: torch.Tensor, free_idx: torch.Tensor, clamp,

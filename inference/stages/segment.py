@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inference.stages.detect import crossed_sides
 from inference.types import Detection
 
 SKELETON = (
@@ -76,6 +77,9 @@ def grabcut_person(image: np.ndarray, subject: Detection) -> np.ndarray:
     kp[:, 0] = (kp[:, 0] - cx1) * s
     kp[:, 1] = (kp[:, 1] - cy1) * s
     body_h = max(by2 - by1, 1)
+    # limbs the detector got the wrong way round are not drawn: their lines would claim the
+    # background between the legs as surely person
+    kp[crossed_sides(kp, 0.02 * body_h), 2] = 0.0
     # a fat skeleton = probably person, a thin one = surely person; limbs as thick as limbs are
     # (a fatter arm line would claim the background between the arm and the torso), and the
     # head's oval (else dark hair can go to the background, and the top of the head with it)
