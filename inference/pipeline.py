@@ -127,7 +127,7 @@ class Pipeline:
             self.body_for("other")  # one Anny serves every gender: load it now
         from inference.stages.render import Renderer
 
-        self.renderer = Renderer(self.device)
+        self.renderer = Renderer(self.device, log=self.log)
         self.load_ms = (time.perf_counter() - t0) * 1000.0
         self.log(f"body model: {self.body_model} · detector: {self.detector.name} · "
                  f"segmenter: {self.segmenter.name} · device: {self.device}")

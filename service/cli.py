@@ -75,6 +75,14 @@ def _worker(args) -> int:
         os.environ.setdefault("WORKER_DEVICE", "cuda:0")
     if args.device:
         os.environ["WORKER_DEVICE"] = args.device
+    if args.gpu is not None:  # inside the pinned process its GPU is cuda:0, whatever the settings call it
+        from inference.gpu import device_in_pinned_process
+        from service.settings import Settings
+
+        try:
+            os.environ["WORKER_DEVICE"] = device_in_pinned_process(Settings().worker_device, args.gpu)
+        except ValueError as exc:
+            raise DependencyError(str(exc)) from exc
     if args.no_warmup:
         os.environ["WORKER_WARMUP"] = "false"
     from arq.worker import run_worker
