@@ -117,11 +117,15 @@ def _create(args) -> int:
     say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     pipe = Pipeline(PipelineConfig(device=args.device, body_model=args.body_model,
                                    weights_dir=_weights_dir(args)), log=say)
+    from inference.progress import StageProgress
+
+    progress = StageProgress(sys.stderr)
     try:
         t0 = time.perf_counter()
-        res = pipe.run(Job(args.photo, subject, args.out))
+        res = pipe.run(Job(args.photo, subject, args.out), on_stage=progress)
         wall = (time.perf_counter() - t0) * 1000.0
     finally:
+        progress.close()
         pipe.close()
     if args.json:
         print(json.dumps({
