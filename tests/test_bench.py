@@ -37,6 +37,7 @@ def test_photos_default_to_the_sample_and_folders_expand(tmp_path, bus_jpg, zida
         bench.find_photos([tmp_path / "missing.jpg"])
 
 
+@pytest.mark.slow
 def test_one_cold_run_reports_every_stage(pipeline, bus_jpg):
     report = bench.run_bench(bench.BenchConfig(photos=[bus_jpg], runs=0, warmup=0), pipeline=pipeline)
     json.dumps(report)  # all of it goes to --json

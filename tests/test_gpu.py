@@ -49,3 +49,12 @@ def test_worker_pinned_to_one_gpu_refuses_another_before_loading_anything(tmp_pa
     r = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--gpu", "1"], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 3 and "pinned to GPU 1" in r.stderr and "WORKER_DEVICE=cuda:1" in r.stderr
+
+
+def test_the_arq_worker_maps_the_device_it_is_pinned_to(monkeypatch):
+    import gpu_worker
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert gpu_worker._device("cuda:3") == "cuda:0" and gpu_worker._device("auto") == "auto"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # not pinned to one: names stay as they are
+    assert gpu_worker._device("cuda:1") == "cuda:1"
