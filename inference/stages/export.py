@@ -81,17 +81,17 @@ def textured_trimesh(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray,
                      face_uv: np.ndarray, texture: np.ndarray, texture_png: bytes | None = None) -> trimesh.Trimesh:
     """A trimesh with one vertex per (position, uv) corner, as glTF needs. With ``texture_png``
     (the texture already encoded), the GLB embeds those bytes instead of encoding it again."""
-    corners = np.stack([faces.reshape(-1), face_uv.reshape(-1)], axis=1)
-    unique, inverse = np.unique(corners, axis=0, return_inverse=True)
+    from inference.stages.render import split_by_uv  # cached per topology; no GL is touched
+
+    vertex_of, uv_of, corner_faces = split_by_uv(faces, face_uv)
     image = Image.fromarray(texture)
     if texture_png is not None:
         image.save = _PngBytes(texture_png)  # trimesh's exporter calls image.save(buffer, format="png")
     material = trimesh.visual.material.PBRMaterial(
         baseColorTexture=image, metallicFactor=0.0, roughnessFactor=0.9,
     )
-    visual = trimesh.visual.TextureVisuals(uv=uv[unique[:, 1]], material=material)
-    return trimesh.Trimesh(vertices=vertices[unique[:, 0]], faces=inverse.reshape(-1, 3),
-                           visual=visual, process=False)
+    visual = trimesh.visual.TextureVisuals(uv=uv[uv_of], material=material)
+    return trimesh.Trimesh(vertices=vertices[vertex_of], faces=corner_faces, visual=visual, process=False)
 
 
 class _PngBytes:
