@@ -41,7 +41,7 @@ async def startup(ctx: dict) -> None:
 
     t0 = time.perf_counter()
     pipeline = await asyncio.to_thread(
-        Pipeline, PipelineConfig(device=settings.worker_device, body_model=settings.worker_body_model),
+        Pipeline, PipelineConfig(device=_device(settings.worker_device), body_model=settings.worker_body_model),
         log.info)
     log.info("pipeline loaded in %.1f s on %s", time.perf_counter() - t0, pipeline.device)
     if settings.worker_warmup:
@@ -52,6 +52,17 @@ async def startup(ctx: dict) -> None:
     ctx.update(runner=runner, engine=engine, pipeline=pipeline,
                heartbeat=asyncio.create_task(runner.heartbeat_forever(pipeline.device)))
     log.info("worker %s ready on queue %s", runner.name, settings.queue_name)
+
+
+def _device(wanted: str) -> str:
+    """WORKER_DEVICE as this process sees it: pinned to one GPU (CUDA_VISIBLE_DEVICES=N, as
+    `avatar worker --gpu N` or `arq` started by hand), that GPU is cuda:0 whatever it is called."""
+    import os
+
+    from inference.gpu import device_in_pinned_process
+
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return device_in_pinned_process(wanted, pinned) if pinned.isdigit() else wanted
 
 
 def warm_up(pipeline) -> None:

@@ -27,6 +27,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     c.add_argument("--weights-dir", type=Path, default=None)
     c.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
 
+    b = sub.add_parser("bench", help="per-stage latency, throughput and memory of the pipeline here")
+    b.add_argument("--photos", nargs="+", type=Path, default=[], metavar="DIR|FILE",
+                   help="photos or folders of photos (default: bus.jpg shipped with Ultralytics)")
+    b.add_argument("--runs", type=int, default=20, help="timed warm runs at batch 1 (default 20)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed runs after the cold one (default 2)")
+    b.add_argument("--device", default="auto", help="auto | cpu | cuda:N")
+    b.add_argument("--body-model", default="auto", help="auto | smpl | anny")
+    b.add_argument("--batch", default="1", help="batch sizes for throughput, e.g. 1,4,16 (default 1)")
+    b.add_argument("--weights-dir", type=Path, default=None)
+    b.add_argument("--json", dest="json_out", type=Path, default=None, help="also write every figure here")
+
     m = sub.add_parser("measure", help="measurements of an existing avatar mesh (OBJ)")
     m.add_argument("mesh", type=Path, help="an OBJ written by avatar create (body_apose.obj)")
     m.add_argument("--body-model", required=True, choices=("anny", "smpl"))
@@ -76,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
             return _create(args)
         if args.command == "measure":
             return _measure(args)
+        if args.command == "bench":
+            return _bench(args)
         if args.command == "weights":
             return _weights(args)
         if args.command == "eval":
@@ -104,11 +117,15 @@ def _create(args) -> int:
     say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     pipe = Pipeline(PipelineConfig(device=args.device, body_model=args.body_model,
                                    weights_dir=_weights_dir(args)), log=say)
+    from inference.progress import StageProgress
+
+    progress = StageProgress(sys.stderr)
     try:
         t0 = time.perf_counter()
-        res = pipe.run(Job(args.photo, subject, args.out))
+        res = pipe.run(Job(args.photo, subject, args.out), on_stage=progress)
         wall = (time.perf_counter() - t0) * 1000.0
     finally:
+        progress.close()
         pipe.close()
     if args.json:
         print(json.dumps({
@@ -131,6 +148,21 @@ def _create(args) -> int:
           + (f" (typed {typed:.1f} kg: the photo may pull against it)" if typed else "")
           + f" · scale {res.fit['scale']:.3f}")
     print(f"wrote {len(res.files)} files to {res.out_dir}")
+    return 0
+
+
+def _bench(args) -> int:
+    from inference.bench import BenchConfig, format_report, parse_batches, run_bench
+
+    if args.runs < 0 or args.warmup < 0:
+        raise InputError("--runs and --warmup must not be negative", "invalid_argument")
+    cfg = BenchConfig(photos=args.photos, runs=args.runs, warmup=args.warmup, device=args.device,
+                      body_model=args.body_model, batches=parse_batches(args.batch),
+                      weights_dir=args.weights_dir)
+    report = run_bench(cfg, log=lambda msg: print(msg, file=sys.stderr))
+    print(format_report(report))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=2))
     return 0
 
 

@@ -127,7 +127,7 @@ class Pipeline:
             self.body_for("other")  # one Anny serves every gender: load it now
         from inference.stages.render import Renderer
 
-        self.renderer = Renderer(self.device)
+        self.renderer = Renderer(self.device, log=self.log)
         self.load_ms = (time.perf_counter() - t0) * 1000.0
         self.log(f"body model: {self.body_model} · detector: {self.detector.name} · "
                  f"segmenter: {self.segmenter.name} · device: {self.device}")
@@ -270,12 +270,12 @@ class Pipeline:
             texture, _ = bake_texture(photo.image, state["masks"][i], fit.vertices, body.faces,
                                       body.uv, body.face_uv, fit.camera, size=self.config.texture_size)
             state["textures"].append(texture)
-            export.write_png(tmp / artefacts.SKIN_TEXTURE, texture)
+            texture_png = export.write_png(tmp / artefacts.SKIN_TEXTURE, texture)
             export.write_obj(tmp / artefacts.BODY_ORIGINAL, fit.vertices, body.faces, body.uv, body.face_uv)
             export.write_obj(tmp / artefacts.BODY_TPOSE, state["tpose"][i][0], body.faces, body.uv, body.face_uv)
             export.write_obj(tmp / artefacts.BODY_APOSE, state["apose"][i][0], body.faces, body.uv, body.face_uv)
             export.write_glb(tmp / artefacts.AVATAR_GLB, state["apose"][i][0], body.faces, body.uv,
-                             body.face_uv, texture)
+                             body.face_uv, texture, texture_png)
             params = body.params(fit.shape, fit.limbs)
             params.update(
                 scale=np.float32(fit.scale), height_cm=np.float32(job.subject.height_cm),

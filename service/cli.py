@@ -17,6 +17,11 @@ SERVICE_COMMANDS = ("serve", "worker", "keys", "db")
 
 def build_parser() -> argparse.ArgumentParser:
     p, sub = pipeline_cli.build_parser()
+    b = sub.choices["bench"]  # the service's end-to-end variant of the pipeline's bench
+    b.add_argument("--via-api", metavar="URL", default=None,
+                   help="time jobs through a running service (create → completed) instead of in-process")
+    b.add_argument("--key", default=None, help="with --via-api: an API key")
+    b.add_argument("--concurrency", default="1", help="with --via-api: jobs in flight, e.g. 1,4,16")
     s = sub.add_parser("serve", help="run the API (FastAPI + uvicorn)")
     s.add_argument("--host", default=None, help="default: HOST from the environment, else 127.0.0.1")
     s.add_argument("--port", type=int, default=None, help="default: PORT from the environment, else 8000")
@@ -45,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bench" and args.via_api:
+        return _bench_api(args)
     if args.command not in SERVICE_COMMANDS:
         return pipeline_cli.run(args)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "info").upper(),
@@ -75,6 +82,14 @@ def _worker(args) -> int:
         os.environ.setdefault("WORKER_DEVICE", "cuda:0")
     if args.device:
         os.environ["WORKER_DEVICE"] = args.device
+    if args.gpu is not None:  # inside the pinned process its GPU is cuda:0, whatever the settings call it
+        from inference.gpu import device_in_pinned_process
+        from service.settings import Settings
+
+        try:
+            os.environ["WORKER_DEVICE"] = device_in_pinned_process(Settings().worker_device, args.gpu)
+        except ValueError as exc:
+            raise DependencyError(str(exc)) from exc
     if args.no_warmup:
         os.environ["WORKER_WARMUP"] = "false"
     from arq.worker import run_worker
@@ -96,6 +111,32 @@ def _worker(args) -> int:
     except (OSError, RedisConnectionError) as exc:  # Redis went away while starting
         raise queue.QueueUnavailable(f"lost Redis at {queue.safe_url(url)} ({exc}); start redis-server or "
                                      "fix REDIS_URL") from exc
+    return 0
+
+
+def _bench_api(args) -> int:
+    import json
+
+    import httpx
+
+    from inference.bench import parse_batches
+    from inference.errors import AvatarError
+    from service.bench_api import ApiBenchConfig, format_api_report, run_api_bench
+
+    if not args.key:
+        print("avatar: error: --via-api needs --key (create one with `avatar keys create --tenant NAME`)",
+              file=sys.stderr)
+        return 2
+    try:
+        cfg = ApiBenchConfig(url=args.via_api, key=args.key, photos=args.photos, runs=args.runs,
+                             concurrency=parse_batches(args.concurrency))
+        report = run_api_bench(cfg, log=lambda msg: print(msg, file=sys.stderr))
+    except (AvatarError, httpx.HTTPError) as exc:
+        print(f"avatar: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_api_report(report))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=2))
     return 0
 
 

@@ -69,8 +69,9 @@ def test_create_json_then_measure_agrees(bus_jpg, tmp_path):
     r = avatar("create", bus_jpg, "--height", "180", "--weight", "75", "--gender", "male",
                "--out", out, "--json")
     assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
+    doc = json.loads(r.stdout)  # progress went to stderr: stdout is one JSON document
     assert doc["status"] == "ok" and doc["body_model"] == "anny"
+    assert "[4/7] fit" in r.stderr and "[7/7] render" in r.stderr
     assert set(doc["timings_ms"]["stages"]) == {"load", "detect", "segment", "fit", "export",
                                                  "measure", "render"}
     m = avatar("measure", out / "body_apose.obj", "--body-model", "anny", "--json")

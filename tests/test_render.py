@@ -334,3 +334,68 @@ def test_synthetic_photo_of_anny_is_detected_by_yolo(renderer, weights_dir):
     kp = res.keypoints.xy[0].numpy()
     err = np.linalg.norm(kp - cam.project(posed.keypoints[0].numpy()), axis=1)
     assert np.median(err) < 15
+
+
+def test_renders_from_two_threads_run_on_one_gl_thread(renderer, monkeypatch):
+    """EGL contexts belong to a thread: calls from any thread (a worker's to_thread pool) must
+    reach GL on the same one. OSMesa would render either way; the recorded thread proves it."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyrender
+
+    gl_threads = []
+    real = pyrender.OffscreenRenderer.render
+
+    def spy(self, *args, **kwargs):
+        gl_threads.append(threading.get_ident())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pyrender.OffscreenRenderer, "render", spy)
+    v, f = body_like()
+    cam = R.look_at_camera(v, "front", 96)
+    callers, images = [], []
+    for name in ("job-1", "job-2"):  # in turn, each from its own fresh thread
+        with ThreadPoolExecutor(1, thread_name_prefix=name) as pool:
+            callers.append(pool.submit(threading.get_ident).result())
+            images.append(pool.submit(lambda: renderer.render_mesh(v, f, cam)[0]).result())
+    assert len(gl_threads) == 2 and gl_threads[0] == gl_threads[1] == R.gl_thread().ident
+    assert gl_threads[0] not in callers and threading.get_ident() not in gl_threads
+    assert np.array_equal(images[0], images[1]) and images[0].any()
+
+
+def test_a_gl_error_reaches_the_caller(renderer):
+    with pytest.raises(ZeroDivisionError):
+        R.gl_thread().call(lambda: 1 / 0)
+    assert R.gl_thread().call(lambda x: x + 1, 41) == 42  # the thread lives on
+
+
+def test_egl_falls_back_to_osmesa_with_a_log_line(monkeypatch):
+    import sys
+
+    lines = []
+    monkeypatch.setenv("PYOPENGL_PLATFORM", "egl")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    monkeypatch.delenv("EGL_DEVICE_ID", raising=False)
+    monkeypatch.delitem(sys.modules, "OpenGL", raising=False)  # as in a fresh worker process
+    monkeypatch.setattr(R, "probe_egl", lambda: (False, "EGLError: EGL_NOT_INITIALIZED"))
+    assert R.prepare_gl_platform("cuda:0", lines.append) == "osmesa"
+    assert os.environ["PYOPENGL_PLATFORM"] == "osmesa"
+    assert os.environ["EGL_DEVICE_ID"] == "2"  # the pinned GPU's machine index, not 0
+    assert len(lines) == 1 and "falling back to OSMesa" in lines[0] and "EGL_NOT_INITIALIZED" in lines[0]
+
+
+def test_egl_is_kept_when_it_works(monkeypatch):
+    import sys
+
+    monkeypatch.delenv("PYOPENGL_PLATFORM")
+    monkeypatch.setenv("EGL_DEVICE_ID", "5")  # set by hand: left alone
+    monkeypatch.delitem(sys.modules, "OpenGL", raising=False)
+    monkeypatch.setattr(R, "probe_egl", lambda: (True, ""))
+    assert R.prepare_gl_platform("cuda:1", print) == "egl" and os.environ["EGL_DEVICE_ID"] == "5"
+
+
+def test_egl_probe_fails_on_a_device_that_does_not_exist(monkeypatch):
+    monkeypatch.setenv("EGL_DEVICE_ID", "99")
+    ok, why = R.probe_egl()
+    assert not ok and why

@@ -300,10 +300,3 @@ def test_skin_color():
     c3 = skin_color(img, np.zeros((100, 100), bool))
     assert c3.shape == (3,) and c3.dtype == np.uint8
 
-
-if __name__ == "__main__":  # timing on a real body: python tests/test_texture.py [body.npz]
-    import sys
-
-    from inference.stages.texture import benchmark
-
-    benchmark(*(sys.argv[1:2] or ["/tmp/body_tex.npz"]))

@@ -7,6 +7,12 @@ imports them lazily, inside functions.
 One :class:`Renderer` owns one ``pyrender.OffscreenRenderer`` per viewport size and reuses it across
 calls; the module-level functions use a process-wide instance (:func:`get_renderer`).
 
+Every OpenGL call runs on one dedicated thread per process (:class:`GLThread`), whichever thread
+asks: an EGL context is bound to the thread that made it current, and pyrender's EGL
+``make_uncurrent`` does nothing, so a worker rendering from whichever ``asyncio.to_thread`` pool
+thread is free would fail with ``EGL_BAD_ACCESS`` on its second job (OSMesa does not care, which is
+why only the GPU path broke).
+
 Camera model: the pyrender camera reproduces :meth:`inference.types.Camera.project` exactly, with
 OpenCV's pixel convention (the centre of pixel ``(i, j)`` is at ``x = j, y = i``), so a vertex that
 projects to ``(u, v)`` lands in pixel ``(round(v), round(u))``.
@@ -17,17 +23,24 @@ Colours given as ``(r, g, b)`` may be floats in ``[0, 1]`` or ints in ``[0, 255]
 from __future__ import annotations
 
 import atexit
+import logging
 import os
+import queue
+import subprocess
+import sys
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Sequence
+from concurrent.futures import Future
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
 from inference.types import Camera, focal_px_from_35mm  # noqa: F401 (re-exported)
 
 RGB = Sequence[float]
+T = TypeVar("T")
+log = logging.getLogger("avatar.render")
 
 SKIN = (0.86, 0.68, 0.58)  # default mesh colour (sRGB)
 OVERLAY_BLUE = (0.55, 0.70, 0.95)  # "skin-blue" for overlays
@@ -44,6 +57,89 @@ def configure_gl_platform(device: str) -> str:
     if "PYOPENGL_PLATFORM" not in os.environ:
         os.environ["PYOPENGL_PLATFORM"] = "egl" if str(device).startswith("cuda") else "osmesa"
     return os.environ["PYOPENGL_PLATFORM"]
+
+
+def prepare_gl_platform(device: str, say: Callable[[str], None] | None = None) -> str:
+    """:func:`configure_gl_platform`, then for EGL: render on the GPU this process computes on
+    (``EGL_DEVICE_ID`` = its machine index, unless set) and fall back to OSMesa, saying so, when
+    an EGL context cannot be made (no NVIDIA EGL in the image, no ``graphics`` capability): a
+    slower render beats a worker that never starts. Returns the platform in effect."""
+    from inference.gpu import machine_gpu_index
+
+    platform = configure_gl_platform(device)
+    if platform != "egl":
+        return platform
+    index = machine_gpu_index(str(device), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if "EGL_DEVICE_ID" not in os.environ and index is not None:
+        os.environ["EGL_DEVICE_ID"] = str(index)
+    if "OpenGL" in sys.modules:  # the platform is fixed once PyOpenGL is imported: keep it
+        return platform
+    ok, why = probe_egl()
+    if not ok:
+        os.environ["PYOPENGL_PLATFORM"] = "osmesa"
+        (say or log.warning)(f"EGL rendering failed on EGL device {os.environ.get('EGL_DEVICE_ID', 0)} "
+                             f"({why}): falling back to OSMesa (CPU rendering, slower). For GPU rendering "
+                             "the container needs NVIDIA_DRIVER_CAPABILITIES with 'graphics' and NVIDIA's EGL")
+        return "osmesa"
+    return platform
+
+
+def probe_egl(timeout_s: float = 120.0) -> tuple[bool, str]:
+    """Whether an EGL context can be made here (in a child process: a failed attempt cannot
+    leave this one with a half-initialised PyOpenGL)."""
+    code = "import pyrender; r = pyrender.OffscreenRenderer(8, 8); r.delete()"
+    env = {**os.environ, "PYOPENGL_PLATFORM": "egl"}
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return False, f"no context within {timeout_s:.0f} s"
+    if r.returncode == 0:
+        return True, ""
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    return False, lines[-1] if lines else f"exit code {r.returncode}"
+
+
+class GLThread:
+    """The one thread of this process that makes GL calls; :meth:`call` runs a function there
+    and returns its result (or raises its exception) in the calling thread."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="avatar-gl", daemon=True)
+        self._thread.start()
+
+    @property
+    def ident(self) -> int | None:
+        return self._thread.ident
+
+    def call(self, fn: Callable[..., T], *args) -> T:
+        if threading.current_thread() is self._thread:  # already on it (nested calls)
+            return fn(*args)
+        done: Future = Future()
+        self._queue.put((fn, args, done))
+        return done.result()
+
+    def _loop(self) -> None:
+        while True:
+            fn, args, done = self._queue.get()
+            try:
+                done.set_result(fn(*args))
+            except BaseException as exc:  # handed to the caller
+                done.set_exception(exc)
+
+
+_GL_THREAD: GLThread | None = None
+_GL_THREAD_LOCK = threading.Lock()
+
+
+def gl_thread() -> GLThread:
+    """The process-wide GL thread (started on first use)."""
+    global _GL_THREAD
+    with _GL_THREAD_LOCK:
+        if _GL_THREAD is None:
+            _GL_THREAD = GLThread()
+        return _GL_THREAD
 
 
 # ---- small helpers -----------------------------------------------------------------------------
@@ -225,14 +321,16 @@ def look_at_camera(
 class Renderer:
     """Owns one ``pyrender.OffscreenRenderer`` per viewport size (few kept) and renders meshes.
 
-    Thread-safe (calls are serialised). Call :meth:`close` to free the GL contexts.
+    Thread-safe: every GL call is marshalled to the process's GL thread, which also serialises
+    them. Call :meth:`close` to free the GL contexts.
     """
 
-    def __init__(self, device: str = "cpu", max_viewports: int = _MAX_RENDERERS) -> None:
-        configure_gl_platform(device)
+    def __init__(self, device: str = "cpu", max_viewports: int = _MAX_RENDERERS,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.platform = prepare_gl_platform(device, log)
         self._renderers: OrderedDict[tuple[int, int], object] = OrderedDict()
         self._max = max(1, int(max_viewports))
-        self._lock = threading.RLock()
+        self._gl = gl_thread()
         _LIVE.add(self)
 
     # -- GL plumbing --
@@ -252,14 +350,16 @@ class Renderer:
         return r
 
     def close(self) -> None:
-        """Free every GL context this renderer holds."""
-        with self._lock:
-            while self._renderers:
-                _, r = self._renderers.popitem()
-                try:
-                    r.delete()
-                except Exception:  # context already gone (interpreter shutdown)
-                    pass
+        """Free every GL context this renderer holds (on the GL thread that made them)."""
+        self._gl.call(self._delete_all)
+
+    def _delete_all(self) -> None:
+        while self._renderers:
+            _, r = self._renderers.popitem()
+            try:
+                r.delete()
+            except Exception:  # context already gone (interpreter shutdown)
+                pass
 
     def __enter__(self) -> "Renderer":
         return self
@@ -372,8 +472,7 @@ class Renderer:
             scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=intensity), pose=light_pose)
 
         flags = pyrender.RenderFlags.RGBA | pyrender.RenderFlags.SKIP_CULL_FACES
-        with self._lock:
-            color_img, depth = self._offscreen(w, h).render(scene, flags=flags)
+        color_img, depth = self._gl.call(lambda: self._offscreen(w, h).render(scene, flags=flags))
         depth = np.asarray(depth, dtype=np.float32)
         mask = depth > 0
         rgb = _background(background, h, w)

@@ -1,0 +1,53 @@
+"""``avatar bench``: its figures are what scripts read, so their shape and arithmetic are specified."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from inference import bench
+from inference.errors import InputError
+from inference.pipeline import STAGES
+
+
+def test_summary_is_p50_p95_max():
+    s = bench.summarise([float(x) for x in range(101)][::-1])
+    assert s == {"p50": 50.0, "p95": 95.0, "max": 100.0, "n": 101}
+    assert bench.summarise([7.0, 3.0]) == {"p50": 5.0, "p95": 6.8, "max": 7.0, "n": 2}
+
+
+@pytest.mark.parametrize("text, sizes", [("1", [1]), ("1,4,16", [1, 4, 16]), ("4, 1,4", [4, 1])])
+def test_batch_sizes_parse(text, sizes):
+    assert bench.parse_batches(text) == sizes
+
+
+@pytest.mark.parametrize("text", ["", "0", "1,x", "-2"])
+def test_bad_batch_sizes_are_refused(text):
+    with pytest.raises(InputError):
+        bench.parse_batches(text)
+
+
+def test_photos_default_to_the_sample_and_folders_expand(tmp_path, bus_jpg, zidane_jpg):
+    assert bench.find_photos([]) == [bus_jpg]
+    (tmp_path / "b.jpg").write_bytes(bus_jpg.read_bytes())
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not a photo")
+    assert bench.find_photos([tmp_path, zidane_jpg]) == [tmp_path / "a.png", tmp_path / "b.jpg", zidane_jpg]
+    with pytest.raises(InputError):
+        bench.find_photos([tmp_path / "missing.jpg"])
+
+
+@pytest.mark.slow
+def test_one_cold_run_reports_every_stage(pipeline, bus_jpg):
+    report = bench.run_bench(bench.BenchConfig(photos=[bus_jpg], runs=0, warmup=0), pipeline=pipeline)
+    json.dumps(report)  # all of it goes to --json
+    assert set(report["cold"]["stages_ms"]) == set(STAGES)
+    assert report["cold"]["total_ms"] >= sum(report["cold"]["stages_ms"].values()) * 0.99
+    assert report["cold"]["wall_ms"] >= report["cold"]["total_ms"]
+    assert report["photos"] == [{"name": "bus.jpg", "width": 810, "height": 1080,
+                                 "bytes": bus_jpg.stat().st_size}]
+    assert report["machine"]["device"] == "cpu" and report["body_model"] == "anny"
+    assert report["memory"]["peak_rss_mb"] > 100
+    assert report["throughput"] == []
+    text = bench.format_report(report)
+    assert "bus.jpg 810x1080" in text and "fit" in text
