@@ -157,16 +157,23 @@ def webhook_receiver() -> Iterator[tuple[str, list[dict], threading.Event]]:
 
 # ---------------------------------------------------------------- inbound: RunPod clients on our /v2
 
-def test_the_runpod_sdk_runs_a_job_that_is_an_ordinary_job(cloud, endpoint, photo_url):
-    job = endpoint.run(person(photo_url, "rp-sdk"))
-    assert job.status() in ("IN_QUEUE", "IN_PROGRESS")
-    out = job.output(timeout=300)
-    assert job.status() == "COMPLETED"
-    assert set(out["files_base64"]) == set(artefacts.expected("anny"))
-    files = {n: base64.b64decode(b) for n, b in out["files_base64"].items()}
-    assert len(load_artefact(artefacts.AVATAR_GLB, files[artefacts.AVATAR_GLB]).faces) == 27420
-    assert load_artefact(artefacts.MEASUREMENTS, files[artefacts.MEASUREMENTS]) == out["measurements"]
+def test_the_runpod_sdk_runs_a_job_that_is_an_ordinary_job_and_calls_its_webhook_once(cloud, endpoint, photo_url):
+    with webhook_receiver() as (hook, bodies, called):
+        job = endpoint.run({"input": person(photo_url, "rp-sdk", return_files="links"), "webhook": hook})
+        assert job.status() in ("IN_QUEUE", "IN_PROGRESS")
+        out = job.output(timeout=300)
+        assert job.status() == "COMPLETED"
+        assert called.wait(30)
+        assert _worker_result(cloud, job.job_id) == "completed"  # the worker is done with it, webhook included
+    assert set(out["files"]) == set(artefacts.expected("anny")) and "files_base64" not in out
+    files = {name: httpx.get(url, timeout=30) for name, url in out["files"].items()}
+    assert all(r.status_code == 200 for r in files.values())
+    assert len(load_artefact(artefacts.AVATAR_GLB, files[artefacts.AVATAR_GLB].content).faces) == 27420
+    assert load_artefact(artefacts.MEASUREMENTS, files[artefacts.MEASUREMENTS].content) == out["measurements"]
     assert out["body_model"] == "anny" and "fit" in out["timings"]["stages_ms"]
+    assert len(bodies) == 1 and bodies[0]["id"] == job.job_id and bodies[0]["status"] == "COMPLETED"
+    assert bodies[0]["output"]["measurements"] == out["measurements"]
+    assert bodies[0]["executionTime"] > 0 and bodies[0]["delayTime"] >= 0
 
     studio = cloud.client("studio")
     ours = studio.get(f"/api/avatar/status/{job.job_id}").json()
@@ -179,18 +186,14 @@ def test_the_runpod_sdk_runs_a_job_that_is_an_ordinary_job(cloud, endpoint, phot
     assert health["workers"]["idle"] + health["workers"]["running"] == 1
 
 
-def test_run_sync_returns_links_and_the_webhook_gets_the_final_body_once(cloud, endpoint, photo_url):
-    with webhook_receiver() as (hook, bodies, called):
-        out = endpoint.run_sync({"input": person(photo_url, return_files="links"), "webhook": hook}, timeout=300)
-        assert set(out["files"]) == set(artefacts.expected("anny")) and "files_base64" not in out
-        got = httpx.get(out["files"][artefacts.PREVIEW])
-        assert got.status_code == 200 and got.content[:8] == b"\x89PNG\r\n\x1a\n"
-        assert called.wait(30)
-        job_id = bodies[0]["id"]
-        assert _worker_result(cloud, job_id) == "completed"  # the worker is done with it, webhook included
-    assert len(bodies) == 1
-    assert bodies[0]["status"] == "COMPLETED" and bodies[0]["output"]["measurements"] == out["measurements"]
-    assert bodies[0]["executionTime"] > 0 and bodies[0]["delayTime"] >= 0
+def test_run_sync_answers_with_the_final_body(cloud, endpoint, zidane_jpg):
+    cut = upload(cloud.client("studio"), zidane_jpg)["photo_url"]  # refused at detect: quick to end
+    assert endpoint.run_sync(person(cut), timeout=120) is None  # the SDK gives a failed job's output: none
+    r = httpx.post(f"{cloud.base}/v2/avatar/runsync", params={"wait": 120_000}, json={"input": person(cut)},
+                   headers={"Authorization": cloud.keys["studio"]}, timeout=150)
+    doc = r.json()
+    assert doc["status"] == "FAILED" and doc["error"].startswith("body_truncated: "), doc
+    assert doc["executionTime"] > 0 and doc["delayTime"] >= 0
 
 
 def test_cancel_through_the_sdk(cloud, endpoint, photo_url):
@@ -258,12 +261,10 @@ def test_a_private_webhook_is_refused(front, bus_jpg):
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_webhook", hook
 
 
-@pytest.mark.parametrize("missing", ["RUNPOD_API_KEY", "RUNPOD_ENDPOINT_ID"])
-def test_the_runpod_backend_refuses_to_start_without_its_settings(front, missing):
-    env = {**front.env, missing: ""}
-    for command in (("serve",), ("worker",)):
-        r = run_avatar(env, front.cwd, *command, timeout=60)
-        assert r.returncode != 0 and missing in r.stderr, r.stderr[-2000:]
+@pytest.mark.parametrize("missing,command", [("RUNPOD_API_KEY", "serve"), ("RUNPOD_ENDPOINT_ID", "worker")])
+def test_the_runpod_backend_refuses_to_start_without_its_settings(front, missing, command):
+    r = run_avatar({**front.env, missing: ""}, front.cwd, command, timeout=60)
+    assert r.returncode != 0 and missing in r.stderr, r.stderr[-2000:]
 
 
 # ---------------------------------------------------------------- outbound: RunPod's other answers
@@ -327,6 +328,22 @@ def test_our_cancel_cancels_the_runpod_job(scripted, scripted_photo, fake):
     assert fake.calls("POST", f"/cancel/{rp_id}") == 1
 
 
+def test_a_job_past_its_policy_execution_timeout_ends_timed_out(scripted, scripted_photo, fake):
+    v2 = httpx.Client(base_url=f"{scripted.base}/v2/avatar", headers={"Authorization": scripted.keys["acme"]})
+    before = set(fake.jobs)
+    r = v2.post("/run", json={"input": person(scripted_photo, "u-forever"), "policy": {"executionTimeout": 1000}})
+    assert r.status_code == 200 and r.json()["status"] == "IN_QUEUE"
+    job_id, deadline = r.json()["id"], time.monotonic() + 30
+    while (doc := v2.get(f"/status/{job_id}").json())["status"] in ("IN_QUEUE", "IN_PROGRESS"):
+        assert time.monotonic() < deadline, doc
+        time.sleep(0.1)
+    assert doc["status"] == "TIMED_OUT" and doc["error"].startswith("timeout: "), doc
+    assert 0 < doc["executionTime"] < 5000
+    assert _worker_result(scripted, job_id) == "failed"
+    (runpod_id,) = set(fake.jobs) - before
+    assert fake.calls("POST", f"/cancel/{runpod_id}") == 1  # RunPod's job ended with ours
+
+
 def test_v2_stream_purge_queue_and_retry_on_a_service_that_forwards_to_runpod(scripted, scripted_photo):
     v2 = httpx.Client(base_url=f"{scripted.base}/v2/avatar", headers={"Authorization": f"Bearer {scripted.keys['acme']}"},
                       timeout=30)
@@ -355,18 +372,3 @@ def test_v2_stream_purge_queue_and_retry_on_a_service_that_forwards_to_runpod(sc
     wait_for("u-failed", "FAILED")
     assert v2.post(f"/retry/{ids['u-waits-v2']}").status_code == 409  # only FAILED or TIMED_OUT
     assert v2.get("/health").json()["jobs"]["retried"] == 1
-
-
-# last in the module: the worker finishes the stage it was in after the job timed out, which
-# then overlaps with nothing else that needs it
-
-def test_a_job_past_its_execution_timeout_ends_timed_out(cloud, photo_url):
-    c = httpx.Client(base_url=f"{cloud.base}/v2/avatar", headers={"Authorization": cloud.keys["studio"]}, timeout=30)
-    r = c.post("/run", json={"input": person(photo_url), "policy": {"executionTimeout": 1000}})
-    assert r.status_code == 200 and r.json()["status"] == "IN_QUEUE"
-    job_id, deadline = r.json()["id"], time.monotonic() + 120
-    while (doc := c.get(f"/status/{job_id}").json())["status"] in ("IN_QUEUE", "IN_PROGRESS"):
-        assert time.monotonic() < deadline, doc
-        time.sleep(0.2)
-    assert doc["status"] == "TIMED_OUT" and doc["error"].startswith("timeout: "), doc
-    assert doc["executionTime"] < 5000

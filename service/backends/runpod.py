@@ -114,7 +114,8 @@ class RunpodRunner(WorkerStores):
         job = await self._job(job_id)
         if job is None or job.status in jobs.FINAL:
             return job.status if job else "missing"
-        deadline = time.time() + (job.created_at + timedelta(seconds=self.settings.job_timeout_seconds)
+        since = utcnow() if job.retries else job.created_at  # a /v2 retry gets a whole run's time again
+        deadline = time.time() + (since + timedelta(seconds=self.settings.job_timeout_seconds)
                                   - utcnow()).total_seconds()
         runpod_id = job.runpod_id
         try:
