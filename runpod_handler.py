@@ -103,6 +103,15 @@ async def _run(job: dict, inp: HandlerInput) -> dict:
 async def upload(paths: dict[str, Path], target: UploadTarget, allow_private: bool) -> dict[str, str]:
     """Put the files where the input said; returns {name: object key}. A presigned URL per
     file name (files without one come back in base64), or every file into the bucket."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return await _upload(paths, target, allow_private)
+    except (BotoCoreError, ClientError, httpx.HTTPError, ValueError) as exc:
+        raise InputError(f"uploading the files failed: {exc.__class__.__name__}: {exc}", "upload_failed") from exc
+
+
+async def _upload(paths: dict[str, Path], target: UploadTarget, allow_private: bool) -> dict[str, str]:
     if target.bucket:
         b = target.bucket
         store = S3Storage(b.bucket, b.endpoint_url, None, b.access_key_id, b.secret_access_key, b.region,
