@@ -90,6 +90,10 @@ def test_files_go_to_presigned_put_urls_and_the_output_lists_their_keys(s3, made
     assert got == made_files[artefacts.AVATAR_GLB].read_bytes()
     with pytest.raises(InputError):  # the same address rules as photo URLs
         asyncio.run(upload(made_files, UploadTarget(urls=urls), allow_private=False))
+    forged = {artefacts.AVATAR_GLB: urls[artefacts.AVATAR_GLB].replace("Signature=", "Signature=x")}
+    with pytest.raises(InputError) as refused:
+        asyncio.run(upload(made_files, UploadTarget(urls=forged), allow_private=True))
+    assert refused.value.code == "upload_failed"
 
 
 def test_files_go_to_a_bucket_under_its_prefix(s3, made_files):
