@@ -212,21 +212,27 @@ class RunpodRunner(WorkerStores):
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, MAX_BACKOFF_S)
 
-    async def _take(self, job: Job) -> None:
-        """queued → processing, once, when RunPod starts the job."""
-        if job.status == jobs.QUEUED:
-            async with self.sessions() as s:
-                await jobs.move(s, job.id, jobs.PROCESSING, attempts=job.attempts + 1, worker=self.name,
-                                started_at=utcnow(), progress=0, stage="runpod", message="running on RunPod")
-            job.status = jobs.PROCESSING
+    async def _take(self, job: Job, progress: int = 0, stage: str = "runpod",
+                    message: str = "running on RunPod") -> bool:
+        """queued → processing, once, when RunPod starts the job; True when this call took it."""
+        if job.status != jobs.QUEUED:
+            return False
+        async with self.sessions() as s:
+            await jobs.move(s, job.id, jobs.PROCESSING, attempts=job.attempts + 1, worker=self.name,
+                            started_at=utcnow(), progress=progress, stage=stage, message=message)
+        job.status = jobs.PROCESSING
+        return True
 
     async def _progress(self, job: Job, output: Any) -> None:
-        await self._take(job)
-        if isinstance(output, dict) and isinstance(output.get("progress"), (int, float)):
-            pct = int(max(0, min(100, output["progress"])) * _RUNPOD_SHARE)
+        """The stage progress the handler sent (``progress_update``), shown as RunPod shows it."""
+        if not (isinstance(output, dict) and isinstance(output.get("progress"), (int, float))):
+            await self._take(job)
+            return
+        pct = int(max(0, min(100, output["progress"])) * _RUNPOD_SHARE)
+        stage, message = output.get("stage") or "runpod", str(output.get("message") or "running on RunPod")
+        if not await self._take(job, pct, stage, message):
             async with self.sessions() as s:
-                await jobs.report_progress(s, job.id, max(pct, job.progress), output.get("stage") or "runpod",
-                                           str(output.get("message") or "running on RunPod"))
+                await jobs.report_progress(s, job.id, max(pct, job.progress), stage, message)
 
     async def _complete(self, job: Job, doc: dict) -> str:
         await self._take(job)
