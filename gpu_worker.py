@@ -18,15 +18,13 @@ log = logging.getLogger("avatar.worker")
 _settings = get_settings()
 
 
-async def startup(ctx: dict) -> None:
-    from inference.pipeline import Pipeline, PipelineConfig
+async def open_stores(settings):
+    """The database (at the newest schema) and storage, or a DependencyError with the fix."""
     from service import migrate
-    from service.db import make_engine, session_factory
+    from service.db import make_engine
     from service.errors import DependencyError
     from service.storage import make_storage
-    from service.worker import JobRunner
 
-    settings = get_settings()
     engine = make_engine(settings.database_url)
     try:
         current = await migrate.current_revision(settings.database_url)
@@ -38,6 +36,16 @@ async def startup(ctx: dict) -> None:
                            "run `avatar db upgrade` (or start `avatar serve`, which upgrades) first")
     storage = make_storage(settings)
     await storage.check()
+    return engine, storage
+
+
+async def startup(ctx: dict) -> None:
+    from inference.pipeline import Pipeline, PipelineConfig
+    from service.db import session_factory
+    from service.worker import JobRunner
+
+    settings = get_settings()
+    engine, storage = await open_stores(settings)
 
     t0 = time.perf_counter()
     pipeline = await asyncio.to_thread(
@@ -95,7 +103,9 @@ async def shutdown(ctx: dict) -> None:
 
 
 async def process_avatar(ctx: dict, job_id: str) -> str:
-    return await ctx["runner"].run(job_id, ctx.get("job_try", 1))
+    from service.job_hooks import run_job  # a /v2 request's policy and webhook around the run
+
+    return await run_job(ctx["runner"], job_id, ctx.get("job_try", 1))
 
 
 class WorkerSettings:

@@ -13,7 +13,7 @@ from service.errors import DependencyError
 from service.db import make_engine, session_factory
 from service.deps import Services
 from service.routes import avatars as avatar_routes
-from service.routes import ops
+from service.routes import ops, runpod_v2
 from service.settings import Settings, get_settings
 from service.storage import make_storage
 
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except DependencyError as exc:
             log.error("start-up failed: %s", exc)
             raise
+        log.info("API ready; jobs run on the %s backend", settings.backend)
         yield
         await app.state.services.redis.aclose()
         await app.state.services.engine.dispose()
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(ops.router)
     app.include_router(avatar_routes.router)
+    app.include_router(runpod_v2.router)
     return app
 
 

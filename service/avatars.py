@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 from urllib.parse import urlparse
 
 from fastapi import Request
@@ -56,13 +57,15 @@ async def resolve_photo(svc: Services, who: Principal, request: Request, url: st
     return None, url
 
 
-async def create_job(svc: Services, who: Principal, request: Request, body: CreateAvatarIn) -> CreateAvatarOut:
+async def create_job(svc: Services, who: Principal, request: Request, body: CreateAvatarIn,
+                     **columns: Any) -> CreateAvatarOut:
+    """``columns``: more values for the job row (the /v2 routes keep their request's options)."""
     key, external = await resolve_photo(svc, who, request, body.photo_url)
     async with svc.sessions() as s:
         job = Job(id=new_id(), tenant=who.tenant, user_id=body.user_id, status=jobs.QUEUED, progress=0,
                   stage="queued", message="waiting for a worker", photo_key=key, photo_source_url=external,
                   height_cm=body.height, weight_kg=body.weight, gender=body.gender,
-                  files={}, measurements={}, timings={}, attempts=0)
+                  files={}, measurements={}, timings={}, attempts=0, **columns)
         s.add(job)
         await jobs.register_new(s, job)
         await s.commit()

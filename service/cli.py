@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--gpu", default=None, help="GPU index to pin (sets CUDA_VISIBLE_DEVICES)")
     w.add_argument("--device", default=None, help="auto | cpu | cuda:N (default: WORKER_DEVICE)")
     w.add_argument("--no-warmup", action="store_true", help="skip the warm-up run on start")
+    w.add_argument("--backend", choices=("local", "runpod"), default=None,
+                   help="local: run the pipeline here; runpod: forward jobs to RunPod (no GPU). Default: BACKEND")
 
     k = sub.add_parser("keys", help="manage API keys (writes the database directly)")
     ksub = k.add_subparsers(dest="keys_command", required=True)
@@ -92,6 +94,8 @@ def _worker(args) -> int:
             raise DependencyError(str(exc)) from exc
     if args.no_warmup:
         os.environ["WORKER_WARMUP"] = "false"
+    if args.backend:
+        os.environ["BACKEND"] = args.backend
     from arq.worker import run_worker
     from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -100,6 +104,10 @@ def _worker(args) -> int:
     from service.settings import get_settings
 
     url = get_settings().redis_url
+    if get_settings().backend == "runpod":
+        from service.backends import runpod_worker as worker_module
+    else:
+        worker_module = gpu_worker
 
     async def check_redis() -> None:  # fail with the fix before arq's own retries and traceback
         pool = await queue.connect(url)
@@ -107,7 +115,7 @@ def _worker(args) -> int:
 
     asyncio.run(check_redis())
     try:
-        run_worker(gpu_worker.WorkerSettings)
+        run_worker(worker_module.WorkerSettings)
     except (OSError, RedisConnectionError) as exc:  # Redis went away while starting
         raise queue.QueueUnavailable(f"lost Redis at {queue.safe_url(url)} ({exc}); start redis-server or "
                                      "fix REDIS_URL") from exc

@@ -53,7 +53,8 @@ class ApiKey(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_tenant_user", "tenant", "user_id"),)
+    __table_args__ = (Index("ix_jobs_tenant_user", "tenant", "user_id"),
+                      Index("ix_jobs_tenant_v2_endpoint", "tenant", "v2_endpoint"))
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant: Mapped[str] = mapped_column(String(64))
@@ -79,6 +80,13 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # RunPod, both ways (migration 0002_runpod): the RunPod job that runs this one (BACKEND=runpod);
+    # the /v2 endpoint that created it, its request options (webhook, policy) and webhook delivery
+    runpod_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    v2_endpoint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    v2_request: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    webhook_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    retries: Mapped[int] = mapped_column(Integer, default=0)  # times /v2 retry queued it again
 
 
 class Avatar(Base):

@@ -113,3 +113,21 @@ def _ts(value: datetime) -> float:
     from datetime import timezone
 
     return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+
+
+async def retry(session: AsyncSession, job_id: str, **values: Any) -> bool:
+    """RunPod's /retry: the one way out of a final state, ``failed → queued``, for a job that failed
+    or timed out. Its error and progress are cleared; ``retries`` counts these. Commits."""
+    res = await session.execute(
+        update(Job).where(Job.id == job_id, Job.status == FAILED)
+        .values(status=QUEUED, progress=0, stage="queued", message="waiting for a worker (retried)",
+                error_code=None, error_message=None, started_at=None, completed_at=None, updated_at=utcnow(),
+                retries=Job.retries + 1, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:
+        await session.rollback()
+        return False
+    await _update_passport(session, await session.get(Job, job_id, populate_existing=True))
+    await session.commit()
+    return True

@@ -9,7 +9,9 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import Field, field_validator
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +50,19 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(10.0, gt=0)
     estimated_time_seconds: float = Field(60.0, gt=0)
 
+    # what runs the jobs: local GPU workers, or a RunPod serverless endpoint (outbound)
+    backend: Literal["local", "runpod"] = "local"
+    runpod_base_url: str = "https://api.runpod.ai/v2"
+    runpod_endpoint_id: str | None = None
+    runpod_api_key: str | None = None
+    runpod_poll_seconds: float = Field(1.0, gt=0)
+    runpod_max_jobs: int = Field(20, ge=1)
+
+    # the RunPod-compatible /v2 surface (inbound)
+    v2_endpoints: str = "avatar"
+    allow_private_webhook_urls: bool = False
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+
     # the API process
     auto_migrate: bool = True
     host: str = "127.0.0.1"
@@ -76,6 +91,22 @@ class Settings(BaseSettings):
         if not v.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
             raise ValueError("DATABASE_URL must be a postgresql:// or sqlite:// URL")
         return v
+
+    @model_validator(mode="after")
+    def _runpod_credentials(self) -> "Settings":
+        # no silent mock: the RunPod backend without its credentials must not start
+        if self.backend == "runpod":
+            missing = [n for n in ("runpod_endpoint_id", "runpod_api_key") if not getattr(self, n)]
+            if missing:
+                raise ValueError(f"BACKEND=runpod needs {' and '.join(n.upper() for n in missing)} "
+                                 "(the endpoint id from RunPod's console, an API key from its settings), "
+                                 "or set BACKEND=local")
+        return self
+
+    @property
+    def v2_endpoint_ids(self) -> tuple[str, ...]:
+        """The endpoint ids the /v2 routes answer to (``V2_ENDPOINTS``, comma-separated)."""
+        return tuple(e.strip() for e in self.v2_endpoints.split(",") if e.strip())
 
     @property
     def data_dir(self) -> Path:

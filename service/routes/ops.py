@@ -48,7 +48,8 @@ async def ready(svc: SvcDep) -> JSONResponse:
     except Exception as exc:
         checks["storage"] = {"ok": False, "error": str(exc)}
     ok = all(c["ok"] for c in checks.values())
-    return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+    return JSONResponse({"status": "ready" if ok else "not_ready", "backend": svc.settings.backend, "checks": checks},
+                        status_code=200 if ok else 503)
 
 
 @router.get("/files/{key:path}", include_in_schema=False)
