@@ -2,6 +2,7 @@
 start, with the fix, when one is missing), then serves the routes."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -13,6 +14,7 @@ from service.errors import DependencyError
 from service.db import make_engine, session_factory
 from service.deps import Services
 from service.routes import avatars as avatar_routes
+from service.reaper import Reaper
 from service.routes import ops
 from service.settings import Settings, get_settings
 from service.storage import make_storage
@@ -54,7 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except DependencyError as exc:
             log.error("start-up failed: %s", exc)
             raise
+        svc = app.state.services
+        reaper = asyncio.create_task(Reaper(settings, svc.sessions, svc.redis, svc.storage).forever())
         yield
+        reaper.cancel()
+        await asyncio.gather(reaper, return_exceptions=True)
         await app.state.services.redis.aclose()
         await app.state.services.engine.dispose()
 

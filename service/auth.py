@@ -1,4 +1,7 @@
-"""API keys: random tokens shown once, stored as SHA-256 hashes, each scoped to one tenant."""
+"""API keys: random tokens shown once, stored as SHA-256 hashes, each scoped to one tenant.
+
+An admin key manages the keys of its own tenant only. The operator, who manages every tenant,
+is whoever runs ``avatar keys`` next to the database: no API key reaches across tenants."""
 from __future__ import annotations
 
 import hashlib
@@ -59,14 +62,19 @@ async def authenticate(session: AsyncSession, token: str) -> Principal | None:
     return Principal(key_id=row.id, tenant=row.tenant, is_admin=row.is_admin)
 
 
-async def revoke_key(session: AsyncSession, key_id: str) -> bool:
+async def revoke_key(session: AsyncSession, key_id: str, tenant: str | None = None) -> bool:
+    """Revoke a key; with ``tenant``, only a key of that tenant (an admin key's reach)."""
     row = await session.get(ApiKey, key_id)
-    if row is None or row.revoked_at is not None:
+    if row is None or row.revoked_at is not None or (tenant is not None and row.tenant != tenant):
         return False
     row.revoked_at = utcnow()
     await session.commit()
     return True
 
 
-async def list_keys(session: AsyncSession) -> list[ApiKey]:
-    return list((await session.execute(select(ApiKey).order_by(ApiKey.created_at))).scalars())
+async def list_keys(session: AsyncSession, tenant: str | None = None) -> list[ApiKey]:
+    """Every key (the operator, on the CLI), or one tenant's keys (that tenant's admin key)."""
+    query = select(ApiKey).order_by(ApiKey.created_at)
+    if tenant is not None:
+        query = query.where(ApiKey.tenant == tenant)
+    return list((await session.execute(query)).scalars())

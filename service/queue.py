@@ -6,15 +6,18 @@ at a time per GPU. The database, not Redis, holds each job's state.
 from __future__ import annotations
 
 import json
+import secrets
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import in_progress_key_prefix, job_key_prefix
 
 from service.errors import DependencyError
 
 TASK_NAME = "process_avatar"
 CANCEL_KEY = "avatar:cancel:{job_id}"
 WORKER_KEY = "avatar:worker:{name}"
+LOCK_KEY = "avatar:lock:{name}"
 
 
 class QueueUnavailable(DependencyError):
@@ -38,10 +41,43 @@ async def connect(url: str) -> ArqRedis:
                                "start redis-server or fix REDIS_URL") from exc
 
 
-async def enqueue(pool: ArqRedis, queue_name: str, job_id: str) -> None:
-    job = await pool.enqueue_job(TASK_NAME, job_id, _job_id=job_id, _queue_name=queue_name)
+async def enqueue(pool: ArqRedis, queue_name: str, job_id: str, expires_s: float | None = None) -> str:
+    """Put the job on the queue under a fresh arq id (``JOB_ID.TOKEN``): arq refuses an id it still
+    holds (a dead worker's claim), and a job handed back must be queued again at once. Several
+    deliveries of one job are harmless: only a try that moves it queued → processing runs it."""
+    arq_id = f"{job_id}.{secrets.token_hex(4)}"
+    job = await pool.enqueue_job(TASK_NAME, job_id, _job_id=arq_id, _queue_name=queue_name,
+                                 _expires=expires_s)
     if job is None:
         raise QueueUnavailable(f"job {job_id} is already queued")
+    return arq_id
+
+
+def job_id_of(arq_id: str) -> str:
+    return arq_id.split(".", 1)[0]
+
+
+async def known_job_ids(pool: ArqRedis, queue_name: str) -> set[str]:
+    """Our job ids that Redis still holds a runnable delivery of: in the queue with their data
+    (arq drops an entry whose data expired), or claimed by a worker."""
+    members = [m.decode() if isinstance(m, bytes) else m for m in await pool.zrange(queue_name, 0, -1)]
+    known = set()
+    for arq_id in members:
+        if await pool.exists(job_key_prefix + arq_id, in_progress_key_prefix + arq_id):
+            known.add(job_id_of(arq_id))
+    return known
+
+
+async def take_lock(pool: ArqRedis, name: str, owner: str, ttl_seconds: float) -> bool:
+    """Hold (or keep holding) a named lock for ``ttl_seconds``; False while another owner holds it."""
+    key, ms = LOCK_KEY.format(name=name), int(ttl_seconds * 1000)
+    if await pool.set(key, owner, nx=True, px=ms):
+        return True
+    held = await pool.get(key)
+    if held is not None and (held.decode() if isinstance(held, bytes) else held) == owner:
+        await pool.pexpire(key, ms)
+        return True
+    return False
 
 
 async def request_cancel(pool: ArqRedis, job_id: str, ttl_seconds: int = 24 * 3600) -> None:

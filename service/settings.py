@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     job_max_tries: int = Field(2, ge=1)
     heartbeat_seconds: float = Field(10.0, gt=0)
     estimated_time_seconds: float = Field(60.0, gt=0)
+    # jobs always end: a worker is dead once its heartbeat is this many beats old; the reaper
+    # (one per Redis, whatever the number of API processes) sweeps this often; every job fails
+    # once this old
+    heartbeat_missed_beats: int = Field(3, ge=2)
+    reaper_interval_seconds: float = Field(5.0, gt=0)
+    job_deadline_seconds: int = Field(3600, ge=30)
 
     # the API process
     auto_migrate: bool = True
@@ -76,6 +82,11 @@ class Settings(BaseSettings):
         if not v.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
             raise ValueError("DATABASE_URL must be a postgresql:// or sqlite:// URL")
         return v
+
+    @property
+    def heartbeat_ttl_seconds(self) -> float:
+        """How long a worker's heartbeat lives: past it, the worker counts as dead."""
+        return self.heartbeat_seconds * self.heartbeat_missed_beats
 
     @property
     def data_dir(self) -> Path:

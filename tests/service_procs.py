@@ -91,7 +91,8 @@ def worker(env: dict[str, str], cwd: Path, api: str) -> Iterator[subprocess.Pope
 @contextlib.contextmanager
 def photo_host(files: dict[str, bytes]) -> Iterator[str]:
     """A real HTTP server standing in for "some website" a photo_url points at. ``/redirect``
-    answers 302 to the first file; unknown paths 404. Yields the base URL."""
+    answers 302 to the first file, ``/loop`` redirects to itself, ``/slow`` drips the first file
+    a byte every 0.2 s; unknown paths 404. Yields the base URL."""
     import http.server
     import threading
 
@@ -100,10 +101,18 @@ def photo_host(files: dict[str, bytes]) -> Iterator[str]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's naming)
             name = self.path.lstrip("/")
-            if name == "redirect":
+            if name in ("redirect", "loop"):
                 self.send_response(302)
-                self.send_header("Location", f"/{first}")
+                self.send_header("Location", f"/{first}" if name == "redirect" else "/loop")
                 self.end_headers()
+            elif name == "slow":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(files[first])))
+                self.end_headers()
+                for byte in files[first][:50]:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
             elif name in files:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(files[name])))

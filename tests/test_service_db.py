@@ -171,3 +171,13 @@ def test_tenant_names_are_checked(db_url):
             await auth.create_key(s, "../evil")
     with pytest.raises(ValueError, match="tenant"):
         run(db_url, fn)
+
+
+def test_concurrent_first_jobs_of_a_new_user_all_get_created(db_url):
+    async def fn(sessions):
+        ids = await asyncio.gather(*(_new_job(sessions, user="u-new") for _ in range(8)))
+        async with sessions() as s:
+            p = await s.get(Avatar, ("acme", "u-new"))
+            return ids, p.latest_job_id
+    ids, latest = run(db_url, fn)
+    assert len(set(ids)) == 8 and latest in ids

@@ -40,7 +40,8 @@ async def create_avatar(body: CreateAvatarIn, request: Request, svc: SvcDep, who
 
 @router.get("/avatar/status/{job_id}", response_model=JobStatusOut)
 async def avatar_status(job_id: str, request: Request, svc: SvcDep, who: PrincipalDep) -> JobStatusOut:
-    return avatars.job_status(svc, request, await avatars.get_job(svc, who, job_id))
+    job = await avatars.get_job(svc, who, job_id)
+    return avatars.job_status(svc, request, job, await avatars.waiting_message(svc, job))
 
 
 @router.post("/avatar/cancel/{job_id}", response_model=JobStatusOut)

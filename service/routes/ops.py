@@ -85,24 +85,27 @@ def _key_out(row, token: str | None = None) -> KeyOut:
 
 
 @router.post("/api/keys", response_model=KeyOut, status_code=201)
-async def create_key(body: KeyIn, svc: SvcDep, _: AdminDep) -> KeyOut:
+async def create_key(body: KeyIn, svc: SvcDep, who: AdminDep) -> KeyOut:
     try:
         auth.check_tenant(body.tenant)
     except ValueError as exc:
         raise ApiError(422, "invalid_tenant", str(exc)) from exc
+    if body.tenant != who.tenant:
+        raise ApiError(403, "forbidden", "an admin key creates keys for its own tenant only; the operator "
+                       "manages other tenants with `avatar keys create --tenant NAME`")
     async with svc.sessions() as s:
         row, token = await auth.create_key(s, body.tenant, body.name, body.admin)
     return _key_out(row, token)
 
 
 @router.get("/api/keys", response_model=list[KeyOut])
-async def list_keys(svc: SvcDep, _: AdminDep) -> list[KeyOut]:
+async def list_keys(svc: SvcDep, who: AdminDep) -> list[KeyOut]:
     async with svc.sessions() as s:
-        return [_key_out(r) for r in await auth.list_keys(s)]
+        return [_key_out(r) for r in await auth.list_keys(s, tenant=who.tenant)]
 
 
 @router.delete("/api/keys/{key_id}", status_code=204)
-async def revoke_key(key_id: str, svc: SvcDep, _: AdminDep) -> None:
+async def revoke_key(key_id: str, svc: SvcDep, who: AdminDep) -> None:
     async with svc.sessions() as s:
-        if not await auth.revoke_key(s, key_id):
+        if not await auth.revoke_key(s, key_id, tenant=who.tenant):
             raise not_found("active key")
