@@ -14,6 +14,8 @@ from service.errors import DependencyError
 from service.db import make_engine, session_factory
 from service.deps import Services
 from service.routes import avatars as avatar_routes
+from service.routes import credits as credit_routes
+from service.edge import Edge
 from service.reaper import Reaper
 from service.routes import ops
 from service.settings import Settings, get_settings
@@ -67,8 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Avatar service", version=_version(), lifespan=lifespan,
                   description="One full-body photo + height, weight, gender → a 3D body avatar.")
     errors.install(app)
+    app.add_middleware(Edge, settings=settings)
     app.include_router(ops.router)
     app.include_router(avatar_routes.router)
+    app.include_router(credit_routes.router)
     return app
 
 

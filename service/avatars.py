@@ -9,7 +9,7 @@ from fastapi import Request
 from sqlalchemy import select
 
 from inference.errors import InputError
-from service import jobs, queue
+from service import credits, jobs, queue
 from service.auth import Principal
 from service.db import Avatar, Job, new_id
 from service.deps import Services
@@ -40,7 +40,10 @@ async def store_photo(svc: Services, who: Principal, data: bytes) -> tuple[str, 
 
 async def resolve_photo(svc: Services, who: Principal, request: Request, url: str) -> tuple[str | None, str | None]:
     """(storage key, None) for our own photo URLs, (None, url) for a public http(s) URL."""
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_photo_url", "photo_url is not a well-formed URL") from exc
     m = PHOTO_PATH.match(parsed.path or "")
     ours = {urlparse(svc.base_url(request)).netloc, request.url.netloc}
     if m and (not parsed.netloc or parsed.netloc in ours):
@@ -65,6 +68,11 @@ async def create_job(svc: Services, who: Principal, request: Request, body: Crea
                   files={}, measurements={}, timings={}, attempts=0)
         s.add(job)
         await jobs.register_new(s, job)
+        try:
+            await credits.reserve(s, job, svc.settings.credits_per_job)
+        except credits.NoCredit as exc:
+            await s.rollback()  # no job, no passport change
+            raise ApiError(402, "no_credit", f"this tenant has no credit left for a job ({exc})") from exc
         await s.commit()
     try:
         await queue.enqueue(svc.redis, svc.settings.queue_name, job.id, expires_s=svc.settings.job_deadline_seconds)

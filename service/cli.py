@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from inference import cli as pipeline_cli
 from service.errors import DependencyError
 
-SERVICE_COMMANDS = ("serve", "worker", "keys", "db")
+SERVICE_COMMANDS = ("serve", "worker", "keys", "db", "credits")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="db_command", required=True)
     dsub.add_parser("upgrade", help="migrate the schema to the newest revision")
     dsub.add_parser("current", help="print the schema revision")
+
+    c = sub.add_parser("credits", help="a tenant's credits (the operator; writes the database directly)")
+    csub = c.add_subparsers(dest="credits_command", required=True)
+    cg = csub.add_parser("grant", help="add credits to a tenant (its jobs are metered from then on)")
+    cg.add_argument("--tenant", required=True)
+    cg.add_argument("amount", type=int)
+    cg.add_argument("--note", default="")
+    cs = csub.add_parser("show", help="a tenant's balance and recent movements")
+    cs.add_argument("--tenant", required=True)
     return p
 
 
@@ -50,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "info").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return {"serve": _serve, "worker": _worker, "keys": _keys, "db": _db}[args.command](args)
+        return {"serve": _serve, "worker": _worker, "keys": _keys, "db": _db,
+                "credits": _credits}[args.command](args)
     except (DependencyError, ValidationError) as exc:
         print(f"avatar: error: {exc}", file=sys.stderr)
         return 3
@@ -101,6 +111,49 @@ def _worker(args) -> int:
 
 def _keys(args) -> int:
     from service import auth
+
+    async def go(s) -> int:
+        if args.keys_command == "create":
+            row, token = await auth.create_key(s, args.tenant, args.name, args.admin)
+            print(token)
+            print(f"key {row.id} for tenant {row.tenant}{' (admin)' if row.is_admin else ''}: "
+                  "store it now, it is not shown again", file=sys.stderr)
+        elif args.keys_command == "list":
+            for r in await auth.list_keys(s):
+                state = "revoked" if r.revoked_at else "active"
+                print(f"{r.id}  {r.tenant:<20} {r.prefix}…  {'admin' if r.is_admin else 'client':<6} "
+                      f"{state}  {r.name}")
+        elif not await auth.revoke_key(s, args.key_id):
+            print(f"avatar: error: no active key {args.key_id}", file=sys.stderr)
+            return 2
+        return 0
+
+    return _with_session(go)
+
+
+def _credits(args) -> int:
+    from service import auth, credits
+
+    async def go(s) -> int:
+        tenant = auth.check_tenant(args.tenant)
+        if args.credits_command == "grant":
+            if args.amount <= 0:
+                print("avatar: error: grant a positive number of credits", file=sys.stderr)
+                return 2
+            await credits.grant(s, tenant, args.amount, args.note)
+        now = await credits.balance(s, tenant)
+        print(f"tenant {tenant}: balance {now.balance}, reserved by running jobs {now.reserved}"
+              + ("" if now.metered else " (not metered)"))
+        if args.credits_command == "show":
+            for m in await credits.movements(s, tenant, 20):
+                print(f"  {m.created_at:%Y-%m-%d %H:%M:%S}  {m.kind:<8} {m.amount:+d}  {m.job_id or '':<32}  {m.note}")
+        return 0
+
+    return _with_session(go)
+
+
+def _with_session(fn) -> int:
+    """Run ``fn(session)`` against the configured database (its schema brought up to date first)."""
     from service.db import make_engine, session_factory
     from service.settings import get_settings
 
@@ -110,24 +163,15 @@ def _keys(args) -> int:
         engine = make_engine(settings.database_url)
         try:
             async with session_factory(engine)() as s:
-                if args.keys_command == "create":
-                    row, token = await auth.create_key(s, args.tenant, args.name, args.admin)
-                    print(token)
-                    print(f"key {row.id} for tenant {row.tenant}{' (admin)' if row.is_admin else ''}: "
-                          "store it now, it is not shown again", file=sys.stderr)
-                elif args.keys_command == "list":
-                    for r in await auth.list_keys(s):
-                        state = "revoked" if r.revoked_at else "active"
-                        print(f"{r.id}  {r.tenant:<20} {r.prefix}…  {'admin' if r.is_admin else 'client':<6} "
-                              f"{state}  {r.name}")
-                elif not await auth.revoke_key(s, args.key_id):
-                    print(f"avatar: error: no active key {args.key_id}", file=sys.stderr)
-                    return 2
-            return 0
+                return await fn(s)
         finally:
             await engine.dispose()
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except ValueError as exc:
+        print(f"avatar: error: {exc}", file=sys.stderr)
+        return 2
 
 
 async def _ensure_schema(url: str) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db import Avatar, Job, utcnow
+from service import credits
+from service.db import Avatar, Job, insert_once, utcnow
 
 QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED = "queued", "processing", "completed", "failed", "cancelled"
 STATUSES = (QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED)
@@ -59,6 +60,8 @@ async def move(session: AsyncSession, job_id: str, target: str, *, owner: tuple[
         return False
     job = await session.get(Job, job_id, populate_existing=True)
     await _update_passport(session, job)
+    if target in FINAL:
+        await credits.settle(session, job)  # in this transaction: the final move and the ledger agree
     await session.commit()
     return True
 
@@ -95,15 +98,10 @@ async def _update_passport(session: AsyncSession, job: Job) -> None:
 
 async def _insert_passport_once(session: AsyncSession, job: Job) -> None:
     """The user's passport row, created by whichever of several concurrent first jobs comes first
-    (``INSERT ... ON CONFLICT DO NOTHING``: a check-then-insert lost that race with a 500)."""
-    dialect = session.bind.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    await session.execute(insert(Avatar).values(
-        tenant=job.tenant, user_id=job.user_id, status=job.status, measurements={}, manual_measurements={},
-        pipeline_files={}, updated_at=utcnow()).on_conflict_do_nothing(index_elements=["tenant", "user_id"]))
+    (a check-then-insert lost that race with a 500)."""
+    await session.execute(insert_once(
+        session, Avatar, ["tenant", "user_id"], tenant=job.tenant, user_id=job.user_id, status=job.status,
+        measurements={}, manual_measurements={}, pipeline_files={}, updated_at=utcnow()))
 
 
 async def register_new(session: AsyncSession, job: Job) -> None:

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     photo_fetch_timeout_seconds: float = Field(20.0, gt=0)
     allow_private_photo_urls: bool = False
     max_event_bytes: int = Field(16 * 1024, ge=256)
+    max_request_bytes: int = Field(64 * 1024, ge=1024)
+    rate_limit_per_minute: int = Field(600, ge=0)
 
     # the worker
     worker_device: str = "auto"
@@ -53,6 +55,9 @@ class Settings(BaseSettings):
     heartbeat_missed_beats: int = Field(3, ge=2)
     reaper_interval_seconds: float = Field(5.0, gt=0)
     job_deadline_seconds: int = Field(3600, ge=30)
+
+    # credits (only for tenants that were granted some: `avatar credits grant`)
+    credits_per_job: int = Field(1, ge=0)
 
     # the API process
     auto_migrate: bool = True

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from inference import artefacts
-from service_procs import api_server, worker
+from service_procs import api_server, run_avatar, worker
 from stack import Stack, create, follow, objects, service_env, upload
 
 pytestmark = pytest.mark.slow
@@ -23,6 +23,7 @@ def stack(postgres, s3, redis_url, weights_dir, tmp_path_factory):
     with api_server(env, cwd) as base:
         st = Stack(base, env, cwd)
         st.keys = {"acme": st.key("acme")}
+        assert run_avatar(env, cwd, "credits", "grant", "--tenant", "acme", "10").returncode == 0
         yield st
 
 
@@ -42,6 +43,12 @@ def assert_only_try(stack, user: str, job: dict, try_no: int) -> None:
     assert sorted(stored) == sorted(f"avatars/{user}/{job['job_id']}/t{try_no}/{n}" for n in job["files"])
 
 
+def assert_charged_once(c, job_id: str) -> None:
+    """The ledger holds the job's reservation and exactly one commit, whatever happened between."""
+    kinds = sorted(m["kind"] for m in c.get("/api/credits").json()["movements"] if m["job_id"] == job_id)
+    assert kinds == ["commit", "reserve"], kinds
+
+
 def test_a_killed_workers_job_is_taken_by_the_next_worker_at_once(stack, bus_jpg):
     acme = stack.client("acme")
     job_id = create(acme, "u-kill", upload(acme, bus_jpg)["photo_url"]).json()["job_id"]
@@ -58,6 +65,7 @@ def test_a_killed_workers_job_is_taken_by_the_next_worker_at_once(stack, bus_jpg
     assert requeued["status"] == "queued" and recovered_s < 3 * 1 + 0.5 + 5  # heartbeat TTL + a sweep + slack
     assert done["status"] == "completed", done
     assert_only_try(stack, "u-kill", done, 2)
+    assert_charged_once(acme, job_id)
 
 
 def test_a_worker_stopped_by_sigterm_hands_its_job_back(stack, bus_jpg):
@@ -73,3 +81,4 @@ def test_a_worker_stopped_by_sigterm_hands_its_job_back(stack, bus_jpg):
         done = follow(acme, job_id)[-1]
     assert done["status"] == "completed", done
     assert_only_try(stack, "u-term", done, 1)  # a deploy does not use up a try
+    assert_charged_once(acme, job_id)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse
@@ -10,11 +11,12 @@ from sqlalchemy import text
 from service import auth, queue
 from service.db import Event
 from service.deps import AdminDep, PrincipalDep, SvcDep
-from service.errors import ApiError, not_found
+from service.errors import ApiError, documented, not_found
 from service.schemas import EventIn, EventOut, KeyIn, KeyOut
 from service.storage import FileStorage, content_type_for
 
 router = APIRouter()
+log = logging.getLogger("avatar.api")
 
 
 @router.get("/health")
@@ -22,7 +24,7 @@ async def health() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get("/ready", responses={503: {"description": "not ready: `checks` says which dependency"}})
 async def ready(svc: SvcDep) -> JSONResponse:
     checks: dict[str, dict] = {}
     try:
@@ -30,7 +32,8 @@ async def ready(svc: SvcDep) -> JSONResponse:
             await conn.execute(text("SELECT 1"))
         checks["database"] = {"ok": True}
     except Exception as exc:
-        checks["database"] = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
+        log.warning("ready: database check failed: %s", exc)
+        checks["database"] = {"ok": False, "error": "the database is not reachable"}
     try:
         await svc.redis.ping()
         checks["redis"] = {"ok": True}
@@ -40,13 +43,15 @@ async def ready(svc: SvcDep) -> JSONResponse:
         if not workers:
             checks["workers"]["error"] = "no worker heartbeat: start `avatar worker`"
     except Exception as exc:
-        checks["redis"] = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
+        log.warning("ready: Redis check failed: %s", exc)
+        checks["redis"] = {"ok": False, "error": "Redis is not reachable"}
         checks["workers"] = {"ok": False, "error": "unknown (Redis is down)"}
     try:
         await svc.storage.check()
         checks["storage"] = {"ok": True}
     except Exception as exc:
-        checks["storage"] = {"ok": False, "error": str(exc)}
+        log.warning("ready: storage check failed: %s", exc)
+        checks["storage"] = {"ok": False, "error": "storage is not reachable or not writable"}
     ok = all(c["ok"] for c in checks.values())
     return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
 
@@ -68,9 +73,16 @@ async def signed_file(key: str, expires: int, signature: str, svc: SvcDep) -> Fi
     return FileResponse(path, media_type=content_type_for(key), filename=path.name)
 
 
-@router.post("/api/events", response_model=EventOut, status_code=202)
+KEYED = documented(401, 413, 422, 429, 503)
+
+
+@router.post("/api/events", response_model=EventOut, status_code=202, responses=KEYED)
 async def post_event(body: EventIn, svc: SvcDep, who: PrincipalDep) -> EventOut:
-    if len(json.dumps(body.properties)) > svc.settings.max_event_bytes:
+    try:
+        size = len(json.dumps(body.properties, allow_nan=False))
+    except ValueError as exc:  # NaN and Infinity are not JSON; PostgreSQL refuses them
+        raise ApiError(422, "invalid_request", "properties: numbers must be finite") from exc
+    if size > svc.settings.max_event_bytes:
         raise ApiError(413, "event_too_large", f"event properties are over {svc.settings.max_event_bytes} bytes")
     async with svc.sessions() as s:
         ev = Event(tenant=who.tenant, user_id=body.user_id, name=body.name, properties=body.properties)
@@ -84,7 +96,7 @@ def _key_out(row, token: str | None = None) -> KeyOut:
                   created_at=row.created_at, revoked_at=row.revoked_at, key=token)
 
 
-@router.post("/api/keys", response_model=KeyOut, status_code=201)
+@router.post("/api/keys", response_model=KeyOut, status_code=201, responses={**KEYED, **documented(403)})
 async def create_key(body: KeyIn, svc: SvcDep, who: AdminDep) -> KeyOut:
     try:
         auth.check_tenant(body.tenant)
@@ -98,13 +110,13 @@ async def create_key(body: KeyIn, svc: SvcDep, who: AdminDep) -> KeyOut:
     return _key_out(row, token)
 
 
-@router.get("/api/keys", response_model=list[KeyOut])
+@router.get("/api/keys", response_model=list[KeyOut], responses={**KEYED, **documented(403)})
 async def list_keys(svc: SvcDep, who: AdminDep) -> list[KeyOut]:
     async with svc.sessions() as s:
         return [_key_out(r) for r in await auth.list_keys(s, tenant=who.tenant)]
 
 
-@router.delete("/api/keys/{key_id}", status_code=204)
+@router.delete("/api/keys/{key_id}", status_code=204, responses={**KEYED, **documented(403, 404)})
 async def revoke_key(key_id: str, svc: SvcDep, who: AdminDep) -> None:
     async with svc.sessions() as s:
         if not await auth.revoke_key(s, key_id, tenant=who.tenant):
