@@ -77,7 +77,7 @@ class Reaper:
             known = await queue.known_job_ids(self.redis, self.settings.queue_name)
             for job in waiting:
                 if job.id not in known:
-                    await self._enqueue(job.id)
+                    await self.enqueue(job.id)
                     done.reenqueued.append(job.id)
                     log.warning("job %s: queued but not in Redis; queued again", job.id)
         return done
@@ -90,29 +90,36 @@ class Reaper:
         return beat.get("current_job") != job.id and quiet
 
     async def _hand_back(self, job: Job, done: Sweep) -> None:
-        owner = (job.worker or "", job.attempts)
-        async with self.sessions() as s:
-            if job.attempts >= self.settings.job_max_tries:
-                moved = await jobs.move(s, job.id, jobs.FAILED, owner=owner, error_code="worker_lost",
-                                        message="failed", error_message=f"the job's worker stopped "
-                                        f"{job.attempts} time(s); it is not tried again")
-                (done.failed if moved else []).append(job.id)
-            else:
-                moved = await jobs.move(s, job.id, jobs.QUEUED, owner=owner, worker=None, progress=0,
-                                        stage="queued", started_at=None,
-                                        message="waiting for a worker (its worker stopped; tried again)")
-                if moved:
-                    done.requeued.append(job.id)
-        if not moved:
+        if job.attempts < self.settings.job_max_tries:
+            if await self.requeue(job, "waiting for a worker (its worker stopped; tried again)"):
+                done.requeued.append(job.id)
+                log.warning("job %s: worker %s stopped beating; queued again", job.id, job.worker)
             return
-        log.warning("job %s: worker %s stopped beating; %s", job.id, job.worker,
-                    "failed (no tries left)" if job.id in done.failed else "queued again")
+        async with self.sessions() as s:
+            moved = await jobs.move(s, job.id, jobs.FAILED, owner=(job.worker or "", job.attempts),
+                                    error_code="worker_lost", message="failed", error_message=f"the job's "
+                                    f"worker stopped {job.attempts} time(s); it is not tried again")
+        if moved:
+            done.failed.append(job.id)
+            log.warning("job %s: worker %s stopped beating; failed (no tries left)", job.id, job.worker)
+            await self._remove_try(job)
+
+    async def requeue(self, job: Job, message: str) -> bool:
+        """Take a processing job's try away from its worker: queued again, that try's files removed,
+        a fresh delivery on the queue. False if the try already ended (or another took it)."""
+        async with self.sessions() as s:
+            moved = await jobs.move(s, job.id, jobs.QUEUED, owner=(job.worker or "", job.attempts), worker=None,
+                                    progress=0, stage="queued", started_at=None, message=message)
+        if moved:
+            await self._remove_try(job)
+            await self.enqueue(job.id)
+        return moved
+
+    async def _remove_try(self, job: Job) -> None:
         try:
             await self.storage.delete_prefix(try_prefix(job.user_id, job.id, job.attempts))
         except Exception:
             log.exception("job %s: could not remove the files of its lost try", job.id)
-        if job.id in done.requeued:
-            await self._enqueue(job.id)
 
     async def _fail_late(self, job: Job, done: Sweep) -> None:
         async with self.sessions() as s:
@@ -124,6 +131,6 @@ class Reaper:
             log.warning("job %s: past its deadline; failed", job.id)
             await queue.request_cancel(self.redis, job.id)  # a worker still on it stops
 
-    async def _enqueue(self, job_id: str) -> None:
+    async def enqueue(self, job_id: str) -> None:
         await queue.enqueue(self.redis, self.settings.queue_name, job_id,
                             expires_s=self.settings.job_deadline_seconds)

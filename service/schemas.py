@@ -137,3 +137,36 @@ class CreditsOut(BaseModel):
     balance: int = Field(description="credits left to spend (the ledger's sum)")
     reserved: int = Field(description="held by jobs that are not final yet")
     movements: list[CreditMoveOut] = Field(description="the newest 100, newest first")
+
+
+class WorkerOut(BaseModel):
+    name: str
+    device: str
+    last_beat_seconds_ago: float
+    current_job: str | None
+    jobs_done: int
+    gpu_memory_bytes: int | None = None
+
+
+class WaitingJobOut(BaseModel):
+    job_id: str
+    tenant: str
+    waiting_seconds: float
+
+
+class FailureOut(BaseModel):
+    job_id: str
+    tenant: str
+    error_code: str | None
+    error_message: str | None
+    completed_at: datetime | None
+
+
+class QueueOut(BaseModel):
+    """What an operator needs to see at a glance: is work waiting, who is working, what failed."""
+
+    counts: dict[str, int] = Field(description="waiting, active, completed, failed, cancelled")
+    queue_depth: int = Field(description="deliveries waiting in the Redis queue (all tenants)")
+    oldest_waiting: WaitingJobOut | None
+    workers: list[WorkerOut] = Field(description="live workers (all tenants share them)")
+    recent_failures: list[FailureOut]

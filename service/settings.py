@@ -6,6 +6,7 @@ test keeps the two in step.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -64,6 +65,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("storage_url")
     @classmethod

@@ -22,7 +22,7 @@ from inference.errors import AvatarError, CancelledError, InputError
 from inference.pipeline import Job as PipelineJob
 from inference.pipeline import Pipeline, StageEvent
 from inference.types import Subject
-from service import jobs, queue
+from service import jobs, metrics, queue
 from service.db import Job
 from service.objects import artefact_key, try_prefix
 from service.photos import fetch_photo
@@ -121,6 +121,7 @@ class JobRunner:
                 await self._discard(job, try_no)
                 return (await self._status(job_id)) or jobs.CANCELLED
             log.info("job %s: completed in %.1f s", job_id, result.total_ms / 1000.0)
+            await metrics.record_stages(self.redis, result.timings_ms)
             return jobs.COMPLETED
         except CancelledError:
             return await self._end(job, owner, jobs.CANCELLED, message="cancelled")
@@ -228,7 +229,8 @@ class JobRunner:
                     await queue.beat(self.redis, self.name, {
                         "name": self.name, "device": device, "queue": self.settings.queue_name,
                         "started_at": started, "beat_at": time.time(), "jobs_done": self.jobs_done,
-                        "current_job": self.current_job, "body_model": self.pipeline.body_model},
+                        "current_job": self.current_job, "body_model": self.pipeline.body_model,
+                        "gpu_memory_bytes": _gpu_memory(device)},
                         self.settings.heartbeat_ttl_seconds)
                 except Exception as exc:
                     log.warning("heartbeat not sent (%s: %s)", exc.__class__.__name__, exc)
@@ -238,3 +240,12 @@ class JobRunner:
                 await queue.stop_beating(self.redis, self.name)
             except Exception:
                 pass
+
+
+def _gpu_memory(device: str) -> int | None:
+    """Bytes the pipeline holds on its GPU (None on CPU), for /metrics and /admin/queue."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return int(torch.cuda.memory_allocated(torch.device(device)))

@@ -5,14 +5,17 @@ import json
 import logging
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
 from sqlalchemy import text
 
-from service import auth, queue
+from service import auth, metrics, queue
 from service.db import Event
 from service.deps import AdminDep, PrincipalDep, SvcDep
 from service.errors import ApiError, documented, not_found
-from service.schemas import EventIn, EventOut, KeyIn, KeyOut
+from service.queueview import queue_view
+from service.schemas import EventIn, EventOut, KeyIn, KeyOut, QueueOut
 from service.storage import FileStorage, content_type_for
 
 router = APIRouter()
@@ -54,6 +57,21 @@ async def ready(svc: SvcDep) -> JSONResponse:
         checks["storage"] = {"ok": False, "error": "storage is not reachable or not writable"}
     ok = all(c["ok"] for c in checks.values())
     return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(svc: SvcDep) -> Response:
+    body = await metrics.scrape(svc.sessions, svc.redis, svc.settings.queue_name)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/admin/queue", response_model=QueueOut, responses={**documented(401, 403, 503)})
+async def admin_queue(svc: SvcDep, who: AdminDep) -> QueueOut:
+    """Counts, the oldest waiting job and recent failures of the key's tenant; every live worker."""
+    try:
+        return await queue_view(svc.sessions, svc.redis, svc.settings.queue_name, tenant=who.tenant)
+    except RedisError as exc:
+        raise ApiError(503, "queue_unavailable", "the job queue (Redis) is not reachable") from exc
 
 
 @router.get("/files/{key:path}", include_in_schema=False)
