@@ -103,3 +103,17 @@ def query(stack: Stack, sql: str):
     return asyncio.run(go())
 
 
+def wait_status(c, job_id: str, want: set[str], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        doc = c.get(f"/api/avatar/status/{job_id}").json()
+        if doc["status"] in want:
+            return doc
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {want}: {doc}")
+
+
+def assert_charged_once(c, job_id: str) -> None:
+    """The ledger holds the job's reservation and exactly one commit, whatever happened between."""
+    kinds = sorted(m["kind"] for m in c.get("/api/credits").json()["movements"] if m["job_id"] == job_id)
+    assert kinds == ["commit", "reserve"], kinds

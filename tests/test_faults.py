@@ -10,7 +10,7 @@ import pytest
 
 from inference import artefacts
 from service_procs import api_server, run_avatar, worker
-from stack import Stack, create, follow, objects, service_env, upload
+from stack import Stack, assert_charged_once, create, follow, objects, service_env, upload, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -27,26 +27,10 @@ def stack(postgres, s3, redis_url, weights_dir, tmp_path_factory):
         yield st
 
 
-def wait_status(c, job_id: str, want: set[str], timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        doc = c.get(f"/api/avatar/status/{job_id}").json()
-        if doc["status"] in want:
-            return doc
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never reached {want}: {doc}")
-
-
 def assert_only_try(stack, user: str, job: dict, try_no: int) -> None:
     assert set(job["files"]) == set(artefacts.expected("anny"))
     stored = objects(stack, f"avatars/{user}/{job['job_id']}/")
     assert sorted(stored) == sorted(f"avatars/{user}/{job['job_id']}/t{try_no}/{n}" for n in job["files"])
-
-
-def assert_charged_once(c, job_id: str) -> None:
-    """The ledger holds the job's reservation and exactly one commit, whatever happened between."""
-    kinds = sorted(m["kind"] for m in c.get("/api/credits").json()["movements"] if m["job_id"] == job_id)
-    assert kinds == ["commit", "reserve"], kinds
 
 
 def test_a_killed_workers_job_is_taken_by_the_next_worker_at_once(stack, bus_jpg):
