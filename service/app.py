@@ -13,10 +13,10 @@ from service import errors, migrate, queue
 from service.errors import DependencyError
 from service.db import make_engine, session_factory
 from service.deps import Services
-from service.routes import avatars as avatar_routes
-from service.routes import credits as credit_routes
 from service.edge import Edge
 from service.reaper import Reaper
+from service.routes import avatars as avatar_routes
+from service.routes import credits as credit_routes
 from service.routes import ops
 from service.settings import Settings, get_settings
 from service.storage import make_storage

@@ -22,6 +22,7 @@ from service.settings import Settings
 log = logging.getLogger("avatar.api")
 UPLOAD_PATH = "/api/photos"
 MULTIPART_OVERHEAD = 64 * 1024
+PHOTO_IN_JSON_PREFIX = "/v2/"  # RunPod's API shape carries the photo in the request body
 KEYED_PREFIX = "/api/"
 
 
@@ -32,6 +33,8 @@ class Edge:
     def limit(self, scope: Scope) -> int:
         if scope["path"] == UPLOAD_PATH and scope["method"] == "POST":
             return self.settings.max_upload_bytes + MULTIPART_OVERHEAD
+        if scope["path"].startswith(PHOTO_IN_JSON_PREFIX):  # a base64 photo inside the JSON
+            return self.settings.max_upload_bytes * 4 // 3 + MULTIPART_OVERHEAD
         return self.settings.max_request_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from arq.connections import ArqRedis
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inference.errors import AvatarError, CancelledError, InputError
@@ -111,12 +112,11 @@ class JobRunner:
                 for name, path in result.files.items():
                     files[name] = artefact_key(job.user_id, job.id, name, try_no)
                     await self.storage.put_file(files[name], path)
-            async with self.sessions() as s:
-                done = await jobs.move(
-                    s, job_id, jobs.COMPLETED, owner=owner, files=files, measurements=result.measurements,
-                    timings={"stages_ms": result.timings_ms, "total_ms": result.total_ms,
-                             "wall_ms": round((time.monotonic() - t0) * 1000.0, 1)},
-                    body_model=result.body_model, stage="done", message="avatar ready")
+            done = await self._move(
+                job_id, jobs.COMPLETED, owner=owner, files=files, measurements=result.measurements,
+                timings={"stages_ms": result.timings_ms, "total_ms": result.total_ms,
+                         "wall_ms": round((time.monotonic() - t0) * 1000.0, 1)},
+                body_model=result.body_model, stage="done", message="avatar ready")
             if not done:  # cancelled, past its deadline or handed to another try meanwhile: drop our files
                 await self._discard(job, try_no)
                 return (await self._status(job_id)) or jobs.CANCELLED
@@ -154,9 +154,22 @@ class JobRunner:
         """Remove this try's files (best effort: a storage outage must not keep the job open),
         then move the job; returns the status the job has now."""
         await self._discard(job, owner[1])
-        async with self.sessions() as s:
-            await jobs.move(s, job.id, status, owner=owner, **values)
+        await self._move(job.id, status, owner=owner, **values)
         return (await self._status(job.id)) or status
+
+    async def _move(self, job_id: str, status: str, **values) -> bool:
+        """A job's last move, retried through a database outage of up to ~30 s; past that it
+        raises, the job stays with this try and the reaper queues it again once the database is back."""
+        for delay in (0.5, 1, 2, 4, 8, 15):
+            try:
+                async with self.sessions() as s:
+                    return await jobs.move(s, job_id, status, **values)
+            except (OSError, SQLAlchemyError) as exc:
+                log.warning("job %s: cannot record %s yet (%s); again in %s s", job_id, status,
+                            exc.__class__.__name__, delay)
+                await asyncio.sleep(delay)
+        async with self.sessions() as s:
+            return await jobs.move(s, job_id, status, **values)
 
     async def _status(self, job_id: str) -> str | None:
         async with self.sessions() as s:
@@ -211,8 +224,12 @@ class JobRunner:
             await asyncio.sleep(0.25)
 
     async def _progress(self, job_id: str, pct: int, stage: str, message: str) -> None:
-        async with self.sessions() as s:
-            await jobs.report_progress(s, job_id, pct, stage, message)
+        """Progress is a courtesy: a database blip skips a report, it never fails the job."""
+        try:
+            async with self.sessions() as s:
+                await jobs.report_progress(s, job_id, pct, stage, message)
+        except (OSError, SQLAlchemyError) as exc:
+            log.warning("job %s: progress not recorded (%s)", job_id, exc.__class__.__name__)
 
     async def _discard(self, job: Job, try_no: int) -> None:
         try:

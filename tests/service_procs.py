@@ -76,13 +76,13 @@ def api_server(env: dict[str, str], cwd: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def worker(env: dict[str, str], cwd: Path, api: str) -> Iterator[subprocess.Popen]:
-    """``avatar worker --device cpu``; ready once the API's /ready sees its heartbeat."""
+def worker(env: dict[str, str], cwd: Path, api: str, count: int = 1) -> Iterator[subprocess.Popen]:
+    """``avatar worker --device cpu``; ready once the API's /ready sees ``count`` live workers."""
     log = cwd / f"worker-{time.monotonic_ns()}.log"
     with _process(avatar_cmd("worker", "--device", "cpu"), env, cwd, log) as proc:
         def seen() -> bool:
             r = httpx.get(f"{api}/ready", timeout=5).json()
-            return r["checks"].get("workers", {}).get("ok", False)
+            return r["checks"].get("workers", {}).get("count", 0) >= count
         wait_for(seen, proc, log, "the worker")
         proc.log = log  # type: ignore[attr-defined]
         yield proc

@@ -3,6 +3,7 @@ the session's real PostgreSQL, S3 server and Redis, and the calls a client makes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from service_procs import run_avatar
+from service_procs import api_server, run_avatar
 
 FINAL = {"completed", "failed", "cancelled"}
 
@@ -31,6 +32,15 @@ class Stack:
         r = run_avatar(self.env, self.cwd, "keys", "create", "--tenant", tenant, *extra)
         assert r.returncode == 0, r.stderr
         return r.stdout.strip().splitlines()[0]
+
+
+@contextlib.contextmanager
+def api_stack(env: dict[str, str], cwd: Path, **keys: tuple[str, ...]):
+    """`avatar serve` with these settings, and API keys made by the CLI: name=(tenant, *flags)."""
+    with api_server(env, cwd) as base:
+        st = Stack(base, env, cwd)
+        st.keys = {name: st.key(*spec) for name, spec in keys.items()}
+        yield st
 
 
 def create_database(pg) -> str:

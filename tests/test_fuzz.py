@@ -9,8 +9,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
                                                status_code_conformance)
 
-from service_procs import api_server
-from stack import Stack, service_env
+from stack import api_stack, service_env
 
 MAX_EXAMPLES = 15  # per operation: ~200 requests, a few seconds
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -20,9 +19,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 def fuzz_stack(postgres, s3, redis_url, weights_dir, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("fuzz")
     env = service_env(postgres, s3, redis_url, weights_dir, RATE_LIMIT_PER_MINUTE="0")
-    with api_server(env, cwd) as base:
-        st = Stack(base, env, cwd)
-        st.keys = {"admin": st.key("fuzz", "--admin")}
+    with api_stack(env, cwd, admin=("fuzz", "--admin")) as st:
         yield st
 
 

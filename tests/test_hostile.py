@@ -14,7 +14,7 @@ import pytest
 
 from servers import redis_server
 from service_procs import api_server, run_avatar
-from stack import Stack, create, service_env, upload
+from stack import Stack, api_stack, create, service_env, upload
 
 RATE_LIMIT = 40
 
@@ -24,9 +24,7 @@ def stack(postgres, s3, redis_url, weights_dir, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("hostile")
     env = service_env(postgres, s3, redis_url, weights_dir, RATE_LIMIT_PER_MINUTE=str(RATE_LIMIT),
                       MAX_UPLOAD_BYTES="3000000")
-    with api_server(env, cwd) as base:
-        st = Stack(base, env, cwd)
-        st.keys = {"admin": st.key("acme", "--admin")}
+    with api_stack(env, cwd, admin=("acme", "--admin")) as st:
         yield st
 
 

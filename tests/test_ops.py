@@ -10,8 +10,8 @@ import pytest
 import redis as redis_client
 from prometheus_client.parser import text_string_to_metric_families
 
-from service_procs import api_server, run_avatar
-from stack import Stack, create, service_env, upload
+from service_procs import run_avatar
+from stack import api_stack, create, service_env, upload
 
 WORKER = {"name": "gpu-box:42:beef", "device": "cuda:0", "current_job": None, "jobs_done": 7,
           "gpu_memory_bytes": 123456}
@@ -22,9 +22,7 @@ def stack(postgres, s3, redis_url, weights_dir, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("ops")
     db = redis_url.rsplit("/", 1)[0] + "/7"  # a Redis database of its own: no other test's workers
     env = service_env(postgres, s3, db, weights_dir, LOG_FORMAT="json")
-    with api_server(env, cwd) as base:
-        st = Stack(base, env, cwd)
-        st.keys = {"admin": st.key("ops", "--admin"), "ops": st.key("ops")}
+    with api_stack(env, cwd, admin=("ops", "--admin"), ops=("ops",)) as st:
         yield st
 
 
