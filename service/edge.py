@@ -109,9 +109,7 @@ class _Cap:
             return
         if message["type"] == "http.response.start" and self.exceeded:
             self.replaced = True
-            exc = too_large(self.limit)
-            await JSONResponse(error_body(exc.code, exc.message), exc.status)(
-                {"type": "http"}, self._receive, self._send)
+            await _answer(too_large(self.limit), {"type": "http"}, self._receive, self._send)
             return
         self.started = self.started or message["type"] == "http.response.start"
         await self._send(message)

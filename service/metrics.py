@@ -102,7 +102,7 @@ async def _queue_families(sessions, redis: ArqRedis, queue_name: str) -> list:
 async def _stage_family(redis: ArqRedis) -> HistogramMetricFamily:
     hist = HistogramMetricFamily("avatar_stage_seconds", "time of each pipeline stage of finished jobs",
                                  labels=["stage"])
-    async for key in redis.scan_iter(match=STAGE_KEY.format(stage="*")):
+    async for key in redis.scan_iter(match=STAGE_KEY.format(stage="*"), count=5000):
         key = key.decode() if isinstance(key, bytes) else key
         raw = {(k.decode() if isinstance(k, bytes) else k): v for k, v in (await redis.hgetall(key)).items()}
         buckets = [(str(le), int(raw.get(str(le), 0))) for le in STAGE_BUCKETS] + [("+Inf", int(raw.get("+Inf", 0)))]

@@ -61,11 +61,11 @@ async def known_job_ids(pool: ArqRedis, queue_name: str) -> set[str]:
     """Our job ids that Redis still holds a runnable delivery of: in the queue with their data
     (arq drops an entry whose data expired), or claimed by a worker."""
     members = [m.decode() if isinstance(m, bytes) else m for m in await pool.zrange(queue_name, 0, -1)]
-    known = set()
-    for arq_id in members:
-        if await pool.exists(job_key_prefix + arq_id, in_progress_key_prefix + arq_id):
-            known.add(job_id_of(arq_id))
-    return known
+    async with pool.pipeline(transaction=False) as pipe:
+        for arq_id in members:
+            pipe.exists(job_key_prefix + arq_id, in_progress_key_prefix + arq_id)
+        held = await pipe.execute() if members else []
+    return {job_id_of(arq_id) for arq_id, n in zip(members, held) if n}
 
 
 async def take_lock(pool: ArqRedis, name: str, owner: str, ttl_seconds: float) -> bool:
@@ -98,7 +98,8 @@ async def stop_beating(pool: ArqRedis, name: str) -> None:
 
 async def live_workers(pool: ArqRedis) -> list[dict]:
     out = []
-    async for key in pool.scan_iter(match=WORKER_KEY.format(name="*")):
+    # one SCAN step covers a queue of thousands: the default (10 keys a step) made a status call slow
+    async for key in pool.scan_iter(match=WORKER_KEY.format(name="*"), count=5000):
         raw = await pool.get(key)
         if raw:
             out.append(json.loads(raw))
