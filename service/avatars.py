@@ -98,7 +98,7 @@ async def estimate_seconds(svc: Services, s) -> float:
     spans = [(c - a).total_seconds() for a, c in rows if a and c]
     per_job = sum(spans) / len(spans) if spans else svc.settings.estimated_time_seconds
     waiting = await queue.queued_count(svc.redis, svc.settings.queue_name)
-    workers = max(1, len(await queue.live_workers(svc.redis)))
+    workers = max(1, len(await queue.live_workers(svc.redis, svc.settings.queue_name)))
     return round(per_job * (1 + waiting / workers), 1)
 
 
@@ -118,7 +118,7 @@ async def waiting_message(svc: Services, job: Job) -> str:
     if job.status != jobs.QUEUED:
         return job.message
     try:
-        alive = bool(await queue.live_workers(svc.redis))
+        alive = await queue.any_worker_alive(svc.redis, svc.settings.queue_name)
     except Exception:  # Redis down: the job's own message is all we know
         return job.message
     return job.message if alive else NO_WORKER

@@ -87,7 +87,7 @@ async def _redis_and_workers(settings) -> list[Check]:
         return [Check("redis", False, str(exc).split(";")[0], "start redis-server or fix REDIS_URL"),
                 Check("workers", False, "unknown (no Redis)", "start Redis first")]
     try:
-        workers = await queue.live_workers(pool)
+        workers = await queue.live_workers(pool, settings.queue_name)
         depth = await queue.queued_count(pool, settings.queue_name)
     finally:
         await pool.aclose()

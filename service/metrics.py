@@ -90,7 +90,7 @@ async def _queue_families(sessions, redis: ArqRedis, queue_name: str) -> list:
     busy = GaugeMetricFamily("avatar_worker_busy", "1 while the worker runs a job", labels=["worker", "job_id"])
     gpu = GaugeMetricFamily("avatar_worker_gpu_memory_bytes", "GPU memory the worker's pipeline holds",
                             labels=["worker", "device"])
-    for w in await queue.live_workers(redis):
+    for w in await queue.live_workers(redis, queue_name):
         name, device = w.get("name", "?"), w.get("device", "?")
         beat.add_metric([name, device], max(0.0, time.time() - float(w.get("beat_at") or time.time())))
         busy.add_metric([name, w.get("current_job") or ""], 1 if w.get("current_job") else 0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
@@ -96,14 +97,26 @@ async def stop_beating(pool: ArqRedis, name: str) -> None:
     await pool.delete(WORKER_KEY.format(name=name))
 
 
-async def live_workers(pool: ArqRedis) -> list[dict]:
+async def live_workers(pool: ArqRedis, queue_name: str) -> list[dict]:
+    """The workers beating for ``queue_name`` (several services may share one Redis)."""
     out = []
     # one SCAN step covers a queue of thousands: the default (10 keys a step) made a status call slow
     async for key in pool.scan_iter(match=WORKER_KEY.format(name="*"), count=5000):
         raw = await pool.get(key)
-        if raw:
-            out.append(json.loads(raw))
+        if raw and (info := json.loads(raw)).get("queue") == queue_name:
+            out.append(info)
     return out
+
+
+_alive: tuple[float, bool] = (0.0, False)
+
+
+async def any_worker_alive(pool: ArqRedis, queue_name: str, max_age: float = 1.0) -> bool:
+    """Whether some worker beats, remembered for ``max_age`` s: status polls ask it many times a second."""
+    global _alive
+    if _alive[0] < time.monotonic():
+        _alive = (time.monotonic() + max_age, bool(await live_workers(pool, queue_name)))
+    return _alive[1]
 
 
 async def queued_count(pool: ArqRedis, queue_name: str) -> int:

@@ -28,7 +28,7 @@ async def queue_view(sessions: async_sessionmaker[AsyncSession], redis: ArqRedis
     workers = [WorkerOut(name=w.get("name", "?"), device=w.get("device", "?"), current_job=w.get("current_job"),
                          last_beat_seconds_ago=round(max(0.0, now - float(w.get("beat_at") or now)), 1),
                          jobs_done=int(w.get("jobs_done") or 0), gpu_memory_bytes=w.get("gpu_memory_bytes"))
-               for w in await queue.live_workers(redis)]
+               for w in await queue.live_workers(redis, queue_name)]
     return QueueOut(
         counts={name: by_state.get(state, 0) for state, name in COUNT_NAMES.items()},
         queue_depth=await queue.queued_count(redis, queue_name),

@@ -60,7 +60,7 @@ class Reaper:
     async def sweep(self) -> Sweep:
         done = Sweep()
         now = utcnow()
-        workers = {w.get("name"): w for w in await queue.live_workers(self.redis)}
+        workers = {w.get("name"): w for w in await queue.live_workers(self.redis, self.settings.queue_name)}
         async with self.sessions() as s:
             open_jobs = list((await s.execute(
                 select(Job).where(Job.status.in_((jobs.QUEUED, jobs.PROCESSING))))).scalars())

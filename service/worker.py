@@ -1,6 +1,8 @@
 """What a worker does with one job: take it (queued → processing), get the photo, run the
-Pipeline in a thread while reporting progress and watching for a cancel, upload every artefact,
-and only then mark the job completed. Every path ends in a final state."""
+Pipeline in a thread while reporting progress and watching for a cancel, upload every artefact
+under the try's own keys, and only then mark the job completed. Every path ends the job or, when
+the worker is stopping, hands it back to the queue; a try that loses its job (the reaper gave it
+to another) can no longer move it."""
 from __future__ import annotations
 
 import asyncio
@@ -39,10 +41,6 @@ _FETCH_END, _PIPELINE_END = 5, 90
 def worker_name() -> str:
     # the token keeps a restarted worker (same host, same pid in a container) from passing as the old one
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
-
-
-class _Stopped(Exception):
-    """The worker is stopping (SIGTERM, a deploy) while this try runs: the job goes back to the queue."""
 
 
 @dataclass

@@ -29,7 +29,8 @@ def stack(postgres, s3, redis_url, weights_dir, tmp_path_factory):
 @pytest.fixture
 def beating(stack):
     r = redis_client.Redis.from_url(stack.env["REDIS_URL"])
-    r.set(f"avatar:worker:{WORKER['name']}", json.dumps({**WORKER, "beat_at": time.time()}), px=30_000)
+    beat = {**WORKER, "queue": stack.env["QUEUE_NAME"], "beat_at": time.time()}
+    r.set(f"avatar:worker:{WORKER['name']}", json.dumps(beat), px=30_000)
     yield
     r.delete(f"avatar:worker:{WORKER['name']}")
 

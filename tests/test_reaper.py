@@ -47,7 +47,7 @@ def test_a_dead_workers_job_fails_once_its_tries_are_used(tmp_path, redis_url):
 def test_a_live_workers_job_is_left_alone(tmp_path, redis_url):
     async def scenario(k, reaper):
         job = await k.new_job(jobs.PROCESSING, worker="w:1:ab", attempts=1)
-        await queue.beat(k.redis, "w:1:ab", {"name": "w:1:ab", "current_job": job.id}, 30)
+        await queue.beat(k.redis, "w:1:ab", {"name": "w:1:ab", "queue": k.settings.queue_name, "current_job": job.id}, 30)
         done = await reaper.sweep()
         return done, await k.job(job.id)
     done, job = sweep_once(tmp_path, redis_url, scenario)
@@ -58,7 +58,7 @@ def test_a_worker_alive_but_on_another_job_has_lost_this_one(tmp_path, redis_url
     async def scenario(k, reaper):
         old = utcnow() - timedelta(seconds=120)
         job = await k.new_job(jobs.PROCESSING, worker="w:1:ab", attempts=1, updated_at=old)
-        await queue.beat(k.redis, "w:1:ab", {"name": "w:1:ab", "current_job": None}, 30)
+        await queue.beat(k.redis, "w:1:ab", {"name": "w:1:ab", "queue": k.settings.queue_name, "current_job": None}, 30)
         return job.id, await reaper.sweep()
     job_id, done = sweep_once(tmp_path, redis_url, scenario)
     assert done.requeued == [job_id]
@@ -69,7 +69,7 @@ def test_a_job_past_its_deadline_fails_and_its_worker_is_told_to_stop(tmp_path, 
         created = utcnow() - timedelta(seconds=k.settings.job_deadline_seconds + 1)
         late = await k.new_job(jobs.PROCESSING, worker="w:1:ab", attempts=1, created_at=created)
         waiting = await k.new_job(created_at=created)
-        await queue.beat(k.redis, "w:1:ab", {"name": "w:1:ab", "current_job": late.id}, 30)
+        await queue.beat(k.redis, "w:1:ab", {"name": "w:1:ab", "queue": k.settings.queue_name, "current_job": late.id}, 30)
         done = await reaper.sweep()
         told = await queue.cancel_requested(k.redis, late.id)
         return done, await k.job(late.id), await k.job(waiting.id), told
@@ -110,3 +110,14 @@ def test_one_reaper_sweeps_however_many_api_processes_run(tmp_path, redis_url):
         await k.redis.delete("avatar:lock:reaper-test")
         return first, second, again
     assert sweep_once(tmp_path, redis_url, scenario) == (True, False, True)
+
+
+def test_a_worker_of_another_queue_on_the_same_redis_does_not_count(tmp_path, redis_url):
+    async def scenario(k, reaper):
+        job = await k.new_job(jobs.PROCESSING, worker="w:1:ab", attempts=1)
+        await queue.beat(k.redis, "w:1:ab", {"name": "w:1:ab", "queue": "another:service", "current_job": job.id}, 30)
+        done = await reaper.sweep()
+        await k.redis.delete("avatar:worker:w:1:ab")
+        return job.id, done
+    job_id, done = sweep_once(tmp_path, redis_url, scenario)
+    assert done.requeued == [job_id]

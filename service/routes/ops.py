@@ -40,7 +40,7 @@ async def ready(svc: SvcDep) -> JSONResponse:
     try:
         await svc.redis.ping()
         checks["redis"] = {"ok": True}
-        workers = await queue.live_workers(svc.redis)
+        workers = await queue.live_workers(svc.redis, svc.settings.queue_name)
         checks["workers"] = {"ok": bool(workers), "count": len(workers),
                              "devices": sorted({w.get("device", "?") for w in workers})}
         if not workers:
