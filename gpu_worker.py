@@ -108,17 +108,22 @@ async def process_avatar(ctx: dict, job_id: str) -> str:
     return await run_job(ctx["runner"], job_id, ctx.get("job_try", 1))
 
 
+# the runner enforces JOB_TIMEOUT_SECONDS itself (and fails the job); arq's own limit is a backstop
+# after it, so a cancel that reaches the runner from arq always means the worker is stopping
+_ARQ_TIMEOUT_S = _settings.job_timeout_seconds + 120
+
+
 class WorkerSettings:
-    # one try more than JOB_MAX_TRIES: that last call only marks the job failed (worker_lost),
-    # so a job whose workers kept dying still ends in a final state
-    functions = [func(process_avatar, name=TASK_NAME, timeout=_settings.job_timeout_seconds,
+    # JOB_MAX_TRIES is counted in the database (the runner and the reaper); arq's redeliveries of a
+    # job handed back on shutdown are bounded here, and a job arq gives up on is re-queued by the reaper
+    functions = [func(process_avatar, name=TASK_NAME, timeout=_ARQ_TIMEOUT_S,
                       max_tries=_settings.job_max_tries + 1)]
     on_startup = startup
     on_shutdown = shutdown
     redis_settings = redis_settings(_settings.redis_url)
     queue_name = _settings.queue_name
     max_jobs = 1  # one GPU, one job at a time: the Pipeline holds its models in this process
-    job_timeout = _settings.job_timeout_seconds
+    job_timeout = _ARQ_TIMEOUT_S
     max_tries = _settings.job_max_tries + 1
     keep_result = 3600
     health_check_interval = 30

@@ -2,6 +2,7 @@
 start, with the fix, when one is missing), then serves the routes."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -12,7 +13,10 @@ from service import errors, migrate, queue
 from service.errors import DependencyError
 from service.db import make_engine, session_factory
 from service.deps import Services
+from service.edge import Edge
+from service.reaper import Reaper
 from service.routes import avatars as avatar_routes
+from service.routes import credits as credit_routes
 from service.routes import ops, runpod_v2
 from service.settings import Settings, get_settings
 from service.storage import make_storage
@@ -55,15 +59,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.error("start-up failed: %s", exc)
             raise
         log.info("API ready; jobs run on the %s backend", settings.backend)
+        svc = app.state.services
+        reaper = asyncio.create_task(Reaper(settings, svc.sessions, svc.redis, svc.storage).forever())
         yield
+        reaper.cancel()
+        await asyncio.gather(reaper, return_exceptions=True)
         await app.state.services.redis.aclose()
         await app.state.services.engine.dispose()
 
     app = FastAPI(title="Avatar service", version=_version(), lifespan=lifespan,
                   description="One full-body photo + height, weight, gender → a 3D body avatar.")
     errors.install(app)
+    app.add_middleware(Edge, settings=settings)
     app.include_router(ops.router)
     app.include_router(avatar_routes.router)
+    app.include_router(credit_routes.router)
     app.include_router(runpod_v2.router)
     return app
 

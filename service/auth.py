@@ -1,9 +1,13 @@
-"""API keys: random tokens shown once, stored as SHA-256 hashes, each scoped to one tenant."""
+"""API keys: random tokens shown once, stored as SHA-256 hashes, each scoped to one tenant.
+
+An admin key manages the keys of its own tenant only. The operator, who manages every tenant,
+is whoever runs ``avatar keys`` next to the database: no API key reaches across tenants."""
 from __future__ import annotations
 
 import hashlib
 import re
 import secrets
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -22,6 +26,35 @@ class Principal:
     key_id: str
     tenant: str
     is_admin: bool
+
+
+class RecentKeys:
+    """Keys checked in the last ``ttl`` seconds, so a busy client's requests cost no database round
+    trip each. A revoked key stops working at once in the process that revoked it, and within
+    ``ttl`` in every other (API processes, the CLI)."""
+
+    def __init__(self, ttl: float = 5.0):
+        self.ttl = ttl
+        self._seen: dict[str, tuple[float, Principal]] = {}
+
+    def get(self, digest: str) -> Principal | None:
+        hit = self._seen.get(digest)
+        if hit is None or hit[0] < time.monotonic():
+            self._seen.pop(digest, None)
+            return None
+        return hit[1]
+
+    def put(self, digest: str, who: Principal) -> None:
+        if len(self._seen) > 10_000:
+            self._seen.clear()
+        self._seen[digest] = (time.monotonic() + self.ttl, who)
+
+    def forget(self, key_id: str) -> None:
+        for digest in [d for d, (_, who) in self._seen.items() if who.key_id == key_id]:
+            del self._seen[digest]
+
+
+recent = RecentKeys()
 
 
 def hash_key(key: str) -> str:
@@ -48,7 +81,10 @@ async def create_key(session: AsyncSession, tenant: str, name: str = "", is_admi
 async def authenticate(session: AsyncSession, token: str) -> Principal | None:
     if not token.startswith(KEY_PREFIX) or len(token) > 200:
         return None
-    row = (await session.execute(select(ApiKey).where(ApiKey.key_hash == hash_key(token)))).scalar_one_or_none()
+    digest = hash_key(token)
+    if (who := recent.get(digest)) is not None:
+        return who
+    row = (await session.execute(select(ApiKey).where(ApiKey.key_hash == digest))).scalar_one_or_none()
     if row is None or row.revoked_at is not None:
         return None
     now = utcnow()
@@ -56,17 +92,25 @@ async def authenticate(session: AsyncSession, token: str) -> Principal | None:
     if last is None or (now - (last if last.tzinfo else last.replace(tzinfo=now.tzinfo))).total_seconds() > 60:
         row.last_used_at = now  # at most one write a minute per key
         await session.commit()
-    return Principal(key_id=row.id, tenant=row.tenant, is_admin=row.is_admin)
+    who = Principal(key_id=row.id, tenant=row.tenant, is_admin=row.is_admin)
+    recent.put(digest, who)
+    return who
 
 
-async def revoke_key(session: AsyncSession, key_id: str) -> bool:
+async def revoke_key(session: AsyncSession, key_id: str, tenant: str | None = None) -> bool:
+    """Revoke a key; with ``tenant``, only a key of that tenant (an admin key's reach)."""
     row = await session.get(ApiKey, key_id)
-    if row is None or row.revoked_at is not None:
+    if row is None or row.revoked_at is not None or (tenant is not None and row.tenant != tenant):
         return False
     row.revoked_at = utcnow()
     await session.commit()
+    recent.forget(key_id)
     return True
 
 
-async def list_keys(session: AsyncSession) -> list[ApiKey]:
-    return list((await session.execute(select(ApiKey).order_by(ApiKey.created_at))).scalars())
+async def list_keys(session: AsyncSession, tenant: str | None = None) -> list[ApiKey]:
+    """Every key (the operator, on the CLI), or one tenant's keys (that tenant's admin key)."""
+    query = select(ApiKey).order_by(ApiKey.created_at)
+    if tenant is not None:
+        query = query.where(ApiKey.tenant == tenant)
+    return list((await session.execute(query)).scalars())

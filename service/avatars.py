@@ -2,7 +2,6 @@
 job or a passport with fresh links, cancel, correct measurements."""
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 from urllib.parse import urlparse
@@ -11,7 +10,7 @@ from fastapi import Request
 from sqlalchemy import select
 
 from inference.errors import InputError
-from service import jobs, queue
+from service import credits, jobs, queue
 from service.auth import Principal
 from service.db import Avatar, Job, new_id
 from service.deps import Services
@@ -27,13 +26,14 @@ def photo_key(tenant: str, photo_id: str) -> str:
 
 
 async def store_photo(svc: Services, who: Principal, data: bytes) -> tuple[str, str]:
-    """Check an upload is a JPEG/PNG/WebP that decodes within the pipeline's limits; store it."""
-    from inference.stages.load import DEFAULT_MAX_PIXELS, load_photo
+    """Check an upload is a JPEG/PNG/WebP within the pipeline's limits by its header (the worker
+    decodes it; decoding here cost the API hundreds of MB per large photo); store it."""
+    from inference.stages.load import open_checked
 
     content_type = sniff_image(data)
     if content_type is None:
         raise ApiError(415, "unsupported_image_type", "upload a JPEG, PNG or WebP photo")
-    await asyncio.to_thread(load_photo, data, max_pixels=DEFAULT_MAX_PIXELS, work_size=256)  # InputError → 422
+    open_checked(data)  # InputError → 422
     photo_id = new_id()
     await svc.storage.put_bytes(photo_key(who.tenant, photo_id), data, content_type)
     return photo_id, content_type
@@ -41,7 +41,10 @@ async def store_photo(svc: Services, who: Principal, data: bytes) -> tuple[str, 
 
 async def resolve_photo(svc: Services, who: Principal, request: Request, url: str) -> tuple[str | None, str | None]:
     """(storage key, None) for our own photo URLs, (None, url) for a public http(s) URL."""
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_photo_url", "photo_url is not a well-formed URL") from exc
     m = PHOTO_PATH.match(parsed.path or "")
     ours = {urlparse(svc.base_url(request)).netloc, request.url.netloc}
     if m and (not parsed.netloc or parsed.netloc in ours):
@@ -68,18 +71,26 @@ async def create_job(svc: Services, who: Principal, request: Request, body: Crea
                   files={}, measurements={}, timings={}, attempts=0, **columns)
         s.add(job)
         await jobs.register_new(s, job)
+        try:
+            await credits.reserve(s, job, svc.settings.credits_per_job)
+        except credits.NoCredit as exc:
+            await s.rollback()  # no job, no passport change
+            raise ApiError(402, "no_credit", f"this tenant has no credit left for a job ({exc})") from exc
         await s.commit()
     try:
-        await queue.enqueue(svc.redis, svc.settings.queue_name, job.id)
+        await queue.enqueue(svc.redis, svc.settings.queue_name, job.id, expires_s=svc.settings.job_deadline_seconds)
         async with svc.sessions() as s:
             eta = await estimate_seconds(svc, s)
+        waiting = await waiting_message(svc, job)
     except Exception as exc:  # the row exists: close it so no job is left queued forever
         async with svc.sessions() as s:
             await jobs.move(s, job.id, jobs.FAILED, error_code="queue_unavailable",
-                            error_message=f"could not queue the job: {exc}", message="failed")
+                            error_message="could not queue the job: the job queue was not reachable",
+                            message="failed")
         raise ApiError(503, "queue_unavailable", "the job queue (Redis) is not reachable; try again later") from exc
+    note = f" ({waiting})" if waiting == NO_WORKER else ""
     return CreateAvatarOut(job_id=job.id, user_id=job.user_id, status="queued",
-                           message="queued: poll GET /api/avatar/status/{job_id}".replace("{job_id}", job.id),
+                           message=f"queued: poll GET /api/avatar/status/{job.id}{note}",
                            estimated_time_seconds=eta)
 
 
@@ -90,7 +101,7 @@ async def estimate_seconds(svc: Services, s) -> float:
     spans = [(c - a).total_seconds() for a, c in rows if a and c]
     per_job = sum(spans) / len(spans) if spans else svc.settings.estimated_time_seconds
     waiting = await queue.queued_count(svc.redis, svc.settings.queue_name)
-    workers = max(1, len(await queue.live_workers(svc.redis)))
+    workers = max(1, len(await queue.live_workers(svc.redis, svc.settings.queue_name)))
     return round(per_job * (1 + waiting / workers), 1)
 
 
@@ -102,12 +113,26 @@ async def get_job(svc: Services, who: Principal, job_id: str) -> Job:
     return job
 
 
-def job_status(svc: Services, request: Request, job: Job) -> JobStatusOut:
+NO_WORKER = "waiting for a worker: none is running now (the operator is told by /ready)"
+
+
+async def waiting_message(svc: Services, job: Job) -> str:
+    """A queued job says so plainly when no worker is alive to take it, never a silent spinner."""
+    if job.status != jobs.QUEUED:
+        return job.message
+    try:
+        alive = await queue.any_worker_alive(svc.redis, svc.settings.queue_name)
+    except Exception:  # Redis down: the job's own message is all we know
+        return job.message
+    return job.message if alive else NO_WORKER
+
+
+def job_status(svc: Services, request: Request, job: Job, message: str | None = None) -> JobStatusOut:
     files = {name: svc.link(request, key) for name, key in (job.files or {}).items()}
     error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobStatusOut(
         job_id=job.id, user_id=job.user_id, status=job.status, progress=job.progress, stage=job.stage,
-        message=job.message, avatar_url=files.get("avatar_textured.glb"), files=files,
+        message=message or job.message, avatar_url=files.get("avatar_textured.glb"), files=files,
         measurements=job.measurements or {}, error=error, timings=job.timings or {},
         created_at=job.created_at, started_at=job.started_at, completed_at=job.completed_at)
 
@@ -116,7 +141,11 @@ async def cancel_job(svc: Services, who: Principal, job_id: str) -> Job:
     job = await get_job(svc, who, job_id)
     if job.status in jobs.FINAL:
         raise ApiError(409, "job_finished", f"job is already {job.status}")
-    await queue.request_cancel(svc.redis, job.id)  # a worker running it stops at the next stage
+    try:
+        await queue.request_cancel(svc.redis, job.id)  # a worker running it stops at the next stage
+    except Exception as exc:  # without the flag a running worker would finish it: change nothing
+        raise ApiError(503, "queue_unavailable", "the job queue (Redis) is not reachable; the job was not "
+                       "cancelled, try again later") from exc
     async with svc.sessions() as s:
         await jobs.move(s, job.id, jobs.CANCELLED, message="cancelled by the client", error_code=None)
         return await s.get(Job, job.id)

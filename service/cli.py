@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 
@@ -12,7 +11,7 @@ from pydantic import ValidationError
 from inference import cli as pipeline_cli
 from service.errors import DependencyError
 
-SERVICE_COMMANDS = ("serve", "worker", "keys", "db")
+SERVICE_COMMANDS = ("serve", "worker", "keys", "db", "credits", "queue", "jobs", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="db_command", required=True)
     dsub.add_parser("upgrade", help="migrate the schema to the newest revision")
     dsub.add_parser("current", help="print the schema revision")
+
+    c = sub.add_parser("credits", help="a tenant's credits (the operator; writes the database directly)")
+    csub = c.add_subparsers(dest="credits_command", required=True)
+    cg = csub.add_parser("grant", help="add credits to a tenant (its jobs are metered from then on)")
+    cg.add_argument("--tenant", required=True)
+    cg.add_argument("amount", type=int)
+    cg.add_argument("--note", default="")
+    cs = csub.add_parser("show", help="a tenant's balance and recent movements")
+    cs.add_argument("--tenant", required=True)
+
+    q = sub.add_parser("queue", help="waiting/active/failed counts, workers and recent failures (all tenants)")
+    q.add_argument("--json", action="store_true")
+    j = sub.add_parser("jobs", help="an operator's hands on one job")
+    jsub = j.add_subparsers(dest="jobs_command", required=True)
+    jr = jsub.add_parser("retry", help="queue a waiting or processing job again (a final job stays final)")
+    jr.add_argument("job_id")
+    jf = jsub.add_parser("fail", help="end a job as failed (its credit is released, its worker told to stop)")
+    jf.add_argument("job_id")
+    jf.add_argument("--reason", default="")
+    sub.add_parser("doctor", help="check settings, weights, GPU, Redis, storage, database, workers; say the fix")
     return p
 
 
@@ -56,10 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         return _bench_api(args)
     if args.command not in SERVICE_COMMANDS:
         return pipeline_cli.run(args)
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "info").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.logs import configure
+
+    configure(os.environ.get("LOG_LEVEL", "info"), os.environ.get("LOG_FORMAT", "text").lower())
     try:
-        return {"serve": _serve, "worker": _worker, "keys": _keys, "db": _db}[args.command](args)
+        return {"serve": _serve, "worker": _worker, "keys": _keys, "db": _db, "credits": _credits,
+                "queue": _queue, "jobs": _jobs, "doctor": _doctor}[args.command](args)
     except (DependencyError, ValidationError) as exc:
         print(f"avatar: error: {exc}", file=sys.stderr)
         return 3
@@ -72,8 +93,10 @@ def _serve(args) -> int:
     from service.settings import get_settings
 
     settings = get_settings()
+    # JSON logs: uvicorn's own loggers go through the root handler set up in main()
+    log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
     uvicorn.run(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
-                log_level=settings.log_level, proxy_headers=True)
+                log_level=settings.log_level, proxy_headers=True, log_config=log_config)
     return 0
 
 
@@ -150,6 +173,115 @@ def _bench_api(args) -> int:
 
 def _keys(args) -> int:
     from service import auth
+
+    async def go(s) -> int:
+        if args.keys_command == "create":
+            row, token = await auth.create_key(s, args.tenant, args.name, args.admin)
+            print(token)
+            print(f"key {row.id} for tenant {row.tenant}{' (admin)' if row.is_admin else ''}: "
+                  "store it now, it is not shown again", file=sys.stderr)
+        elif args.keys_command == "list":
+            for r in await auth.list_keys(s):
+                state = "revoked" if r.revoked_at else "active"
+                print(f"{r.id}  {r.tenant:<20} {r.prefix}…  {'admin' if r.is_admin else 'client':<6} "
+                      f"{state}  {r.name}")
+        elif not await auth.revoke_key(s, args.key_id):
+            print(f"avatar: error: no active key {args.key_id}", file=sys.stderr)
+            return 2
+        return 0
+
+    return _with_session(go)
+
+
+def _credits(args) -> int:
+    from service import auth, credits
+
+    async def go(s) -> int:
+        tenant = auth.check_tenant(args.tenant)
+        if args.credits_command == "grant":
+            if args.amount <= 0:
+                print("avatar: error: grant a positive number of credits", file=sys.stderr)
+                return 2
+            await credits.grant(s, tenant, args.amount, args.note)
+        now = await credits.balance(s, tenant)
+        print(f"tenant {tenant}: balance {now.balance}, reserved by running jobs {now.reserved}"
+              + ("" if now.metered else " (not metered)"))
+        if args.credits_command == "show":
+            for m in await credits.movements(s, tenant, 20):
+                print(f"  {m.created_at:%Y-%m-%d %H:%M:%S}  {m.kind:<8} {m.amount:+d}  {m.job_id or '':<32}  {m.note}")
+        return 0
+
+    return _with_session(go)
+
+
+def _queue(args) -> int:
+    from service.queueview import queue_view
+
+    async def go(svc) -> int:
+        view = await queue_view(svc.sessions, svc.redis, svc.settings.queue_name)
+        if args.json:
+            print(view.model_dump_json(indent=2))
+            return 0
+        print("  ".join(f"{name} {n}" for name, n in view.counts.items()) + f"   (Redis queue depth {view.queue_depth})")
+        if view.oldest_waiting:
+            w = view.oldest_waiting
+            print(f"oldest waiting: {w.job_id} ({w.tenant}) for {w.waiting_seconds:.0f} s")
+        print(f"workers: {len(view.workers)}" + ("" if view.workers else "  (none alive: start `avatar worker`)"))
+        for w in view.workers:
+            print(f"  {w.name:<40} {w.device:<8} beat {w.last_beat_seconds_ago:>5.1f} s ago  "
+                  f"{'on ' + w.current_job if w.current_job else 'idle'}  ({w.jobs_done} done)")
+        for f in view.recent_failures:
+            print(f"failed {f.completed_at:%Y-%m-%d %H:%M:%S} {f.job_id} ({f.tenant}) {f.error_code}: {f.error_message}")
+        return 0
+
+    return _with_services(go)
+
+
+def _jobs(args) -> int:
+    from service import operator
+    from service.reaper import Reaper
+
+    async def go(svc) -> int:
+        reaper = Reaper(svc.settings, svc.sessions, svc.redis, svc.storage)
+        try:
+            if args.jobs_command == "retry":
+                print(f"job {args.job_id}: {await operator.retry(reaper, args.job_id)}")
+            else:
+                print(f"job {args.job_id}: {await operator.fail(reaper, args.job_id, args.reason)}")
+        except (LookupError, ValueError) as exc:
+            print(f"avatar: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+
+    return _with_services(go)
+
+
+def _doctor(args) -> int:
+    from service import doctor
+
+    checks = asyncio.run(doctor.run_checks())
+    print(doctor.report(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def _with_services(fn) -> int:
+    """Run ``fn(services)`` with the database, storage and Redis the API would use."""
+    from service.app import connect
+    from service.settings import get_settings
+
+    async def go() -> int:
+        svc = await connect(get_settings())
+        try:
+            return await fn(svc)
+        finally:
+            await svc.redis.aclose()
+            await svc.engine.dispose()
+
+    return asyncio.run(go())
+
+
+def _with_session(fn) -> int:
+    """Run ``fn(session)`` against the configured database (its schema brought up to date first)."""
     from service.db import make_engine, session_factory
     from service.settings import get_settings
 
@@ -159,24 +291,15 @@ def _keys(args) -> int:
         engine = make_engine(settings.database_url)
         try:
             async with session_factory(engine)() as s:
-                if args.keys_command == "create":
-                    row, token = await auth.create_key(s, args.tenant, args.name, args.admin)
-                    print(token)
-                    print(f"key {row.id} for tenant {row.tenant}{' (admin)' if row.is_admin else ''}: "
-                          "store it now, it is not shown again", file=sys.stderr)
-                elif args.keys_command == "list":
-                    for r in await auth.list_keys(s):
-                        state = "revoked" if r.revoked_at else "active"
-                        print(f"{r.id}  {r.tenant:<20} {r.prefix}…  {'admin' if r.is_admin else 'client':<6} "
-                              f"{state}  {r.name}")
-                elif not await auth.revoke_key(s, args.key_id):
-                    print(f"avatar: error: no active key {args.key_id}", file=sys.stderr)
-                    return 2
-            return 0
+                return await fn(s)
         finally:
             await engine.dispose()
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except ValueError as exc:
+        print(f"avatar: error: {exc}", file=sys.stderr)
+        return 2
 
 
 async def _ensure_schema(url: str) -> None:

@@ -8,7 +8,8 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator, event
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator,
+                        UniqueConstraint, event)
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -119,6 +120,32 @@ class Event(Base):
     name: Mapped[str] = mapped_column(String(64))
     properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CreditMove(Base):
+    """One movement of a tenant's credits. ``amount`` is signed (grant +N, reserve -cost, release
+    +cost, commit 0); one row per (job, kind), so a job is never charged or refunded twice."""
+
+    __tablename__ = "credit_ledger"
+    __table_args__ = (UniqueConstraint("job_id", "kind", name="uq_credit_ledger_job_kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(Integer)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def insert_once(session: AsyncSession, model: type[Base], keys: list[str], **values: Any):
+    """``INSERT ... ON CONFLICT (keys) DO NOTHING`` in the session's dialect: concurrent writers of
+    the same row both succeed and one row remains."""
+    if session.bind.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(model).values(**values).on_conflict_do_nothing(index_elements=keys)
 
 
 def make_engine(url: str) -> AsyncEngine:

@@ -39,7 +39,12 @@ async def session(svc: Annotated[Services, Depends(services)]):
 
 
 async def principal(request: Request, svc: Annotated[Services, Depends(services)]) -> Principal:
-    header = request.headers.get("authorization", "")
+    """The caller, as the edge already checked it (before the body was read), else checked now."""
+    who = getattr(request.state, "principal", None)
+    return who if who is not None else await authenticate_header(svc, request.headers.get("authorization", ""))
+
+
+async def authenticate_header(svc: Services, header: str) -> Principal:
     scheme, _, token = header.partition(" ")
     challenge = {"WWW-Authenticate": 'Bearer realm="avatar"'}
     if scheme.lower() != "bearer" or not token.strip():

@@ -19,6 +19,23 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
+ERROR_ANSWERS = {
+    400: "malformed request", 401: "missing, unknown or revoked API key", 402: "no credit left",
+    403: "the key may not do this", 404: "no such thing for this key's tenant",
+    409: "the job is already final", 413: "request body over its limit (checked before it is read)",
+    415: "not a JPEG, PNG or WebP photo",
+    422: "invalid request (field rules, photo_url rules: http(s), public host, no credentials)",
+    429: "over the key's rate limit; see Retry-After", 503: "a dependency (Redis, database, storage) is down",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI ``responses`` for these error statuses, so generated clients know every answer."""
+    from service.schemas import ErrorOut
+
+    return {status: {"model": ErrorOut, "description": ERROR_ANSWERS[status]} for status in statuses}
+
+
 def not_found(what: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} not found")
 
@@ -51,7 +68,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
+                413: "request_too_large"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 

@@ -13,10 +13,10 @@ import sys
 from service import queue
 
 
-async def worker_alive(redis_url: str, host: str) -> bool:
+async def worker_alive(redis_url: str, host: str, queue_name: str) -> bool:
     pool = await queue.connect(redis_url)
     try:
-        return any(str(w.get("name", "")).startswith(f"{host}:") for w in await queue.live_workers(pool))
+        return any(str(w.get("name", "")).startswith(f"{host}:") for w in await queue.live_workers(pool, queue_name))
     finally:
         await pool.aclose()
 
@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m service.healthcheck worker", file=sys.stderr)
         return 2
     try:
-        alive = asyncio.run(worker_alive(get_settings().redis_url, socket.gethostname()))
+        settings = get_settings()
+        alive = asyncio.run(worker_alive(settings.redis_url, socket.gethostname(), settings.queue_name))
     except queue.QueueUnavailable as exc:
         print(exc, file=sys.stderr)
         return 1

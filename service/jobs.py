@@ -11,16 +11,18 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db import Avatar, Job, utcnow
+from service import credits
+from service.db import Avatar, Job, insert_once, utcnow
 
 QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED = "queued", "processing", "completed", "failed", "cancelled"
 STATUSES = (QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED)
 FINAL = frozenset({COMPLETED, FAILED, CANCELLED})
 
-# state → the states it may move to; ``processing → processing`` is a retry after a lost worker
+# state → the states it may move to; ``processing → queued`` hands a try back (its worker died or
+# was stopped), so one worker at a time owns a processing job
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({PROCESSING, FAILED, CANCELLED}),
-    PROCESSING: frozenset({PROCESSING, COMPLETED, FAILED, CANCELLED}),
+    PROCESSING: frozenset({QUEUED, COMPLETED, FAILED, CANCELLED}),
     COMPLETED: frozenset(),
     FAILED: frozenset(),
     CANCELLED: frozenset(),
@@ -32,9 +34,12 @@ def sources_of(target: str) -> tuple[str, ...]:
     return tuple(s for s, nxt in TRANSITIONS.items() if target in nxt)
 
 
-async def move(session: AsyncSession, job_id: str, target: str, **values: Any) -> bool:
+async def move(session: AsyncSession, job_id: str, target: str, *, owner: tuple[str, int] | None = None,
+               **values: Any) -> bool:
     """Move the job to ``target`` if its current state allows it; False if it does not
-    (already final, or someone else moved it first). Commits."""
+    (already final, or someone else moved it first). ``owner`` = (worker, try): only that try of
+    the job may make the move, so a try that lost its job (worker presumed dead, job re-queued)
+    can never finish or fail the job another try now runs. Commits."""
     if target not in TRANSITIONS:
         raise ValueError(f"unknown job status {target!r}")
     now = utcnow()
@@ -42,8 +47,11 @@ async def move(session: AsyncSession, job_id: str, target: str, **values: Any) -
         values.setdefault("completed_at", now)
     if target == COMPLETED:
         values.setdefault("progress", 100)
+    where = [Job.id == job_id, Job.status.in_(sources_of(target))]
+    if owner is not None:
+        where += [Job.worker == owner[0], Job.attempts == owner[1]]
     res = await session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(sources_of(target)))
+        update(Job).where(*where)
         .values(status=target, updated_at=now, **values)
         .execution_options(synchronize_session=False)
     )
@@ -52,6 +60,8 @@ async def move(session: AsyncSession, job_id: str, target: str, **values: Any) -
         return False
     job = await session.get(Job, job_id, populate_existing=True)
     await _update_passport(session, job)
+    if target in FINAL:
+        await credits.settle(session, job)  # in this transaction: the final move and the ledger agree
     await session.commit()
     return True
 
@@ -70,11 +80,8 @@ async def report_progress(session: AsyncSession, job_id: str, progress: int, sta
 async def _update_passport(session: AsyncSession, job: Job) -> None:
     """Keep the user's fit passport in step with their jobs: its status follows the newest job;
     its avatar, measurements and files come from the newest job that completed."""
+    await _insert_passport_once(session, job)
     passport = await session.get(Avatar, (job.tenant, job.user_id), populate_existing=True)
-    if passport is None:
-        passport = Avatar(tenant=job.tenant, user_id=job.user_id, status=job.status,
-                          measurements={}, manual_measurements={}, pipeline_files={})
-        session.add(passport)
     newest = await _newest_job_created(session, job.tenant, job.user_id)
     if newest is None or job.id == newest:
         passport.latest_job_id = job.id
@@ -87,6 +94,14 @@ async def _update_passport(session: AsyncSession, job: Job) -> None:
         passport.measurements = dict(job.measurements)
         passport.pipeline_files = dict(job.files)
     passport.updated_at = utcnow()
+
+
+async def _insert_passport_once(session: AsyncSession, job: Job) -> None:
+    """The user's passport row, created by whichever of several concurrent first jobs comes first
+    (a check-then-insert lost that race with a 500)."""
+    await session.execute(insert_once(
+        session, Avatar, ["tenant", "user_id"], tenant=job.tenant, user_id=job.user_id, status=job.status,
+        measurements={}, manual_measurements={}, pipeline_files={}, updated_at=utcnow()))
 
 
 async def register_new(session: AsyncSession, job: Job) -> None:

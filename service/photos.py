@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import httpx
 
@@ -23,10 +23,21 @@ def sniff_image(data: bytes) -> str | None:
     return _MIME.get(sniff_format(data) or "")
 
 
+UNREACHABLE = "photo_url could not be fetched"  # one answer for every network failure: no port scans
+MAX_REDIRECTS = 3
+
+
 def check_url_shape(url: str) -> str:
-    """Scheme and host present; raises InputError otherwise (the API turns it into a 422)."""
-    p = urlparse(url)
-    if p.scheme not in ("http", "https") or not p.hostname:
+    """Scheme and a well-formed host present; raises InputError otherwise (the API turns it into a 422)."""
+    try:
+        p = urlparse(url)
+        host = p.hostname
+        p.port  # noqa: B018 (raises on a bad port)
+        if host and not _is_ip(host):
+            host.encode("idna")  # empty or over-long labels ("a..b", 64 characters) fail here
+    except (ValueError, UnicodeError) as exc:
+        raise InputError("photo_url is not a well-formed URL", "invalid_photo_url") from exc
+    if p.scheme not in ("http", "https") or not host:
         raise InputError("photo_url must be an http(s) URL or a photo_url returned by POST /api/photos",
                          "invalid_photo_url")
     if p.username or p.password:
@@ -34,50 +45,85 @@ def check_url_shape(url: str) -> str:
     return url
 
 
-async def check_host_public(url: str, allow_private: bool) -> None:
-    """Refuse hosts that resolve to loopback, private, link-local or reserved addresses."""
-    if allow_private:
-        return
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+async def resolve_checked(url: str, allow_private: bool) -> str:
+    """The address to connect to: the host's first address, after every address it resolves to
+    was checked (public only, unless ``allow_private``). Connecting to exactly this address, not
+    resolving again, is what defeats DNS rebinding."""
     host = urlparse(url).hostname or ""
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
+    except (socket.gaierror, UnicodeError) as exc:
         raise InputError(f"photo_url host {host!r} does not resolve", "photo_url_unreachable") from exc
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0])
-        if not addr.is_global:
-            raise InputError(f"photo_url host {host!r} is a private or local address; send a public URL "
-                             "or upload the photo with POST /api/photos", "invalid_photo_url")
+    addrs = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    if not allow_private and not all(a.is_global for a in addrs):
+        raise InputError(f"photo_url host {host!r} is a private or local address; send a public URL "
+                         "or upload the photo with POST /api/photos", "invalid_photo_url")
+    if not addrs:
+        raise InputError(f"photo_url host {host!r} does not resolve", "photo_url_unreachable")
+    return str(addrs[0])
+
+
+async def check_host_public(url: str, allow_private: bool) -> None:
+    """Refuse hosts that resolve to loopback, private, link-local or reserved addresses."""
+    if not allow_private:
+        await resolve_checked(url, allow_private)
 
 
 async def fetch_photo(url: str, *, max_bytes: int, timeout: float, allow_private: bool) -> bytes:
-    """Download a photo: no redirects (each hop would need the address check again), at most
-    ``max_bytes``, and it must be a JPEG, PNG or WebP by its bytes."""
-    check_url_shape(url)
-    await check_host_public(url, allow_private)
+    """Download a photo: ``timeout`` bounds the whole fetch (a server dripping bytes cannot hold
+    it), each redirect hop is checked like the first URL, at most ``max_bytes``, and it must be a
+    JPEG, PNG or WebP by its bytes."""
     try:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-            async with client.stream("GET", url, headers={"Accept": ", ".join(ACCEPTED_TYPES)}) as resp:
-                if resp.is_redirect:
-                    raise InputError(f"photo_url redirects (HTTP {resp.status_code}); give the final URL",
-                                     "photo_url_redirect")
-                if resp.status_code != 200:
-                    raise InputError(f"photo_url answered HTTP {resp.status_code}", "photo_url_unreachable")
-                declared = int(resp.headers.get("content-length") or 0)
-                if declared > max_bytes:
-                    raise InputError(f"photo at photo_url is {declared} bytes, over the {max_bytes} byte limit",
-                                     "photo_too_large")
-                chunks, size = [], 0
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise InputError(f"photo at photo_url is over the {max_bytes} byte limit",
-                                         "photo_too_large")
-                    chunks.append(chunk)
-    except httpx.HTTPError as exc:
-        raise InputError(f"photo_url could not be fetched ({exc.__class__.__name__})",
-                         "photo_url_unreachable") from exc
-    data = b"".join(chunks)
+        async with asyncio.timeout(timeout):
+            data = await _follow(url, max_bytes, timeout, allow_private)
+    except TimeoutError as exc:
+        raise InputError(UNREACHABLE, "photo_url_unreachable") from exc
     if sniff_image(data) is None:
         raise InputError("photo_url did not return a JPEG, PNG or WebP image", "unsupported_image_type")
     return data
+
+
+async def _follow(url: str, max_bytes: int, timeout: float, allow_private: bool) -> bytes:
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        for _ in range(MAX_REDIRECTS + 1):
+            check_url_shape(url)
+            address = await resolve_checked(url, allow_private)
+            body, location = await _get(client, url, address, max_bytes)
+            if location is None:
+                return body
+            url = urljoin(url, location)
+    raise InputError(f"{UNREACHABLE} (more than {MAX_REDIRECTS} redirects)", "photo_url_unreachable")
+
+
+async def _get(client: httpx.AsyncClient, url: str, address: str, max_bytes: int) -> tuple[bytes, str | None]:
+    """One request to the checked address (Host header and TLS name stay the URL's); (body, None)
+    or (b"", the redirect's Location)."""
+    target = httpx.URL(url)
+    pinned = target.copy_with(host=address)
+    headers = {"Host": target.netloc.decode("ascii"), "Accept": ", ".join(ACCEPTED_TYPES)}
+    try:
+        async with client.stream("GET", pinned, headers=headers,
+                                 extensions={"sni_hostname": target.host}) as resp:
+            if resp.is_redirect and resp.headers.get("location"):
+                return b"", resp.headers["location"]
+            if resp.status_code != 200:
+                raise InputError(UNREACHABLE, "photo_url_unreachable")
+            if int(resp.headers.get("content-length") or 0) > max_bytes:
+                raise InputError(f"photo at photo_url is over the {max_bytes} byte limit", "photo_too_large")
+            chunks, size = [], 0
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InputError(f"photo at photo_url is over the {max_bytes} byte limit", "photo_too_large")
+                chunks.append(chunk)
+            return b"".join(chunks), None
+    except (httpx.HTTPError, ValueError) as exc:
+        raise InputError(UNREACHABLE, "photo_url_unreachable") from exc

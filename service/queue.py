@@ -6,15 +6,19 @@ at a time per GPU. The database, not Redis, holds each job's state.
 from __future__ import annotations
 
 import json
+import secrets
+import time
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import in_progress_key_prefix, job_key_prefix
 
 from service.errors import DependencyError
 
 TASK_NAME = "process_avatar"
 CANCEL_KEY = "avatar:cancel:{job_id}"
 WORKER_KEY = "avatar:worker:{name}"
+LOCK_KEY = "avatar:lock:{name}"
 
 
 class QueueUnavailable(DependencyError):
@@ -38,10 +42,43 @@ async def connect(url: str) -> ArqRedis:
                                "start redis-server or fix REDIS_URL") from exc
 
 
-async def enqueue(pool: ArqRedis, queue_name: str, job_id: str) -> None:
-    job = await pool.enqueue_job(TASK_NAME, job_id, _job_id=job_id, _queue_name=queue_name)
+async def enqueue(pool: ArqRedis, queue_name: str, job_id: str, expires_s: float | None = None) -> str:
+    """Put the job on the queue under a fresh arq id (``JOB_ID.TOKEN``): arq refuses an id it still
+    holds (a dead worker's claim), and a job handed back must be queued again at once. Several
+    deliveries of one job are harmless: only a try that moves it queued → processing runs it."""
+    arq_id = f"{job_id}.{secrets.token_hex(4)}"
+    job = await pool.enqueue_job(TASK_NAME, job_id, _job_id=arq_id, _queue_name=queue_name,
+                                 _expires=expires_s)
     if job is None:
         raise QueueUnavailable(f"job {job_id} is already queued")
+    return arq_id
+
+
+def job_id_of(arq_id: str) -> str:
+    return arq_id.split(".", 1)[0]
+
+
+async def known_job_ids(pool: ArqRedis, queue_name: str) -> set[str]:
+    """Our job ids that Redis still holds a runnable delivery of: in the queue with their data
+    (arq drops an entry whose data expired), or claimed by a worker."""
+    members = [m.decode() if isinstance(m, bytes) else m for m in await pool.zrange(queue_name, 0, -1)]
+    async with pool.pipeline(transaction=False) as pipe:
+        for arq_id in members:
+            pipe.exists(job_key_prefix + arq_id, in_progress_key_prefix + arq_id)
+        held = await pipe.execute() if members else []
+    return {job_id_of(arq_id) for arq_id, n in zip(members, held) if n}
+
+
+async def take_lock(pool: ArqRedis, name: str, owner: str, ttl_seconds: float) -> bool:
+    """Hold (or keep holding) a named lock for ``ttl_seconds``; False while another owner holds it."""
+    key, ms = LOCK_KEY.format(name=name), int(ttl_seconds * 1000)
+    if await pool.set(key, owner, nx=True, px=ms):
+        return True
+    held = await pool.get(key)
+    if held is not None and (held.decode() if isinstance(held, bytes) else held) == owner:
+        await pool.pexpire(key, ms)
+        return True
+    return False
 
 
 async def request_cancel(pool: ArqRedis, job_id: str, ttl_seconds: int = 24 * 3600) -> None:
@@ -60,13 +97,26 @@ async def stop_beating(pool: ArqRedis, name: str) -> None:
     await pool.delete(WORKER_KEY.format(name=name))
 
 
-async def live_workers(pool: ArqRedis) -> list[dict]:
+async def live_workers(pool: ArqRedis, queue_name: str) -> list[dict]:
+    """The workers beating for ``queue_name`` (several services may share one Redis)."""
     out = []
-    async for key in pool.scan_iter(match=WORKER_KEY.format(name="*")):
+    # one SCAN step covers a queue of thousands: the default (10 keys a step) made a status call slow
+    async for key in pool.scan_iter(match=WORKER_KEY.format(name="*"), count=5000):
         raw = await pool.get(key)
-        if raw:
-            out.append(json.loads(raw))
+        if raw and (info := json.loads(raw)).get("queue") == queue_name:
+            out.append(info)
     return out
+
+
+_alive: tuple[float, bool] = (0.0, False)
+
+
+async def any_worker_alive(pool: ArqRedis, queue_name: str, max_age: float = 1.0) -> bool:
+    """Whether some worker beats, remembered for ``max_age`` s: status polls ask it many times a second."""
+    global _alive
+    if _alive[0] < time.monotonic():
+        _alive = (time.monotonic() + max_age, bool(await live_workers(pool, queue_name)))
+    return _alive[1]
 
 
 async def queued_count(pool: ArqRedis, queue_name: str) -> int:

@@ -17,6 +17,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable, machine-readable (e.g. unauthorized, photo_too_large)")
+    message: str = Field(description="for people; never internal details")
+
+
+class ErrorOut(BaseModel):
+    """Every error answer of the API has this shape."""
+
+    error: ErrorDetail
+
+
 class PhotoOut(BaseModel):
     photo_id: str
     photo_url: str
@@ -111,3 +122,51 @@ class KeyOut(BaseModel):
     created_at: datetime
     revoked_at: datetime | None = None
     key: str | None = Field(None, description="the secret token; shown only when the key is created")
+
+
+class CreditMoveOut(BaseModel):
+    kind: Literal["grant", "reserve", "commit", "release"]
+    amount: int = Field(description="signed: grant +N, reserve -cost, release +cost, commit 0")
+    job_id: str | None
+    note: str
+    created_at: datetime
+
+
+class CreditsOut(BaseModel):
+    metered: bool = Field(description="false: this tenant was never granted credits and is not metered")
+    balance: int = Field(description="credits left to spend (the ledger's sum)")
+    reserved: int = Field(description="held by jobs that are not final yet")
+    movements: list[CreditMoveOut] = Field(description="the newest 100, newest first")
+
+
+class WorkerOut(BaseModel):
+    name: str
+    device: str
+    last_beat_seconds_ago: float
+    current_job: str | None
+    jobs_done: int
+    gpu_memory_bytes: int | None = None
+
+
+class WaitingJobOut(BaseModel):
+    job_id: str
+    tenant: str
+    waiting_seconds: float
+
+
+class FailureOut(BaseModel):
+    job_id: str
+    tenant: str
+    error_code: str | None
+    error_message: str | None
+    completed_at: datetime | None
+
+
+class QueueOut(BaseModel):
+    """What an operator needs to see at a glance: is work waiting, who is working, what failed."""
+
+    counts: dict[str, int] = Field(description="waiting, active, completed, failed, cancelled")
+    queue_depth: int = Field(description="deliveries waiting in the Redis queue (all tenants)")
+    oldest_waiting: WaitingJobOut | None
+    workers: list[WorkerOut] = Field(description="live workers (all tenants share them)")
+    recent_failures: list[FailureOut]

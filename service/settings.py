@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
 from typing import Literal
@@ -40,6 +41,8 @@ class Settings(BaseSettings):
     photo_fetch_timeout_seconds: float = Field(20.0, gt=0)
     allow_private_photo_urls: bool = False
     max_event_bytes: int = Field(16 * 1024, ge=256)
+    max_request_bytes: int = Field(64 * 1024, ge=1024)
+    rate_limit_per_minute: int = Field(600, ge=0)
 
     # the worker
     worker_device: str = "auto"
@@ -49,6 +52,15 @@ class Settings(BaseSettings):
     job_max_tries: int = Field(2, ge=1)
     heartbeat_seconds: float = Field(10.0, gt=0)
     estimated_time_seconds: float = Field(60.0, gt=0)
+    # jobs always end: a worker is dead once its heartbeat is this many beats old; the reaper
+    # (one per Redis, whatever the number of API processes) sweeps this often; every job fails
+    # once this old
+    heartbeat_missed_beats: int = Field(3, ge=2)
+    reaper_interval_seconds: float = Field(5.0, gt=0)
+    job_deadline_seconds: int = Field(3600, ge=30)
+
+    # credits (only for tenants that were granted some: `avatar credits grant`)
+    credits_per_job: int = Field(1, ge=0)
 
     # what runs the jobs: local GPU workers, or a RunPod serverless endpoint (outbound)
     backend: Literal["local", "runpod"] = "local"
@@ -68,6 +80,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("storage_url")
     @classmethod
@@ -107,6 +120,11 @@ class Settings(BaseSettings):
     def v2_endpoint_ids(self) -> tuple[str, ...]:
         """The endpoint ids the /v2 routes answer to (``V2_ENDPOINTS``, comma-separated)."""
         return tuple(e.strip() for e in self.v2_endpoints.split(",") if e.strip())
+
+    @property
+    def heartbeat_ttl_seconds(self) -> float:
+        """How long a worker's heartbeat lives: past it, the worker counts as dead."""
+        return self.heartbeat_seconds * self.heartbeat_missed_beats
 
     @property
     def data_dir(self) -> Path:

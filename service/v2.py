@@ -104,7 +104,7 @@ async def health(svc: Services, who: Principal, endpoint_id: str) -> V2HealthOut
         retried = (await s.execute(select(func.count()).where(
             Job.tenant == who.tenant, Job.v2_endpoint == endpoint_id, Job.retries > 0))).scalar_one()
     counts = {status: n for status, n in rows}
-    workers = await queue.live_workers(svc.redis)
+    workers = await queue.live_workers(svc.redis, svc.settings.queue_name)
     running = sum(1 for w in workers if w.get("current_job"))
     return V2HealthOut(
         jobs=V2HealthJobs(completed=counts.get(jobs.COMPLETED, 0), failed=counts.get(jobs.FAILED, 0),

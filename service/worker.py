@@ -1,6 +1,8 @@
 """What a worker does with one job: take it (queued → processing), get the photo, run the
-Pipeline in a thread while reporting progress and watching for a cancel, upload every artefact,
-and only then mark the job completed. Every path ends in a final state."""
+Pipeline in a thread while reporting progress and watching for a cancel, upload every artefact
+under the try's own keys, and only then mark the job completed. Every path ends the job or, when
+the worker is stopping, hands it back to the queue; a try that loses its job (the reaper gave it
+to another) can no longer move it."""
 from __future__ import annotations
 
 import asyncio
@@ -10,19 +12,22 @@ import socket
 import tempfile
 import threading
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from arq.connections import ArqRedis
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inference.errors import AvatarError, CancelledError, InputError
 from inference.pipeline import Job as PipelineJob
 from inference.pipeline import Pipeline, StageEvent
 from inference.types import Subject
-from service import jobs, queue
+from service import jobs, metrics, queue
 from service.db import Job
+from service.objects import artefact_key, try_prefix
 from service.photos import fetch_photo
 from service.settings import Settings
 from service.storage import FileStorage, ObjectNotFound, S3Storage
@@ -33,12 +38,9 @@ log = logging.getLogger("avatar.worker")
 _FETCH_END, _PIPELINE_END = 5, 90
 
 
-def artefact_key(user_id: str, job_id: str, name: str) -> str:
-    return f"avatars/{user_id}/{job_id}/{name}"
-
-
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    # the token keeps a restarted worker (same host, same pid in a container) from passing as the old one
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
 
 
 @dataclass
@@ -51,7 +53,8 @@ class JobRunner:
     name: str = field(default_factory=worker_name)
     jobs_done: int = 0
     current_job: str | None = None
-    # one pipeline per process: its models are not safe to run twice at once
+    # one pipeline per process: its models are not safe to run twice at once, so the lock is held
+    # until the pipeline's thread has really returned (a timed-out run finishes its stage first)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def run(self, job_id: str, job_try: int = 1) -> str:
@@ -59,84 +62,117 @@ class JobRunner:
         async with self._lock:
             self.current_job = job_id
             try:
-                return await self._run(job_id, job_try)
+                return await self._run(job_id)
             finally:
                 self.current_job = None
                 self.jobs_done += 1
 
-    async def _run(self, job_id: str, job_try: int) -> str:
+    async def _take(self, job_id: str) -> Job | str:
+        """queued → processing for this worker; the job, or the status that kept us from taking it."""
         async with self.sessions() as s:
             job = await s.get(Job, job_id)
             if job is None:
                 log.warning("job %s is not in the database; dropped", job_id)
                 return "missing"
-            if job.status in jobs.FINAL:
-                log.info("job %s is already %s; skipped", job_id, job.status)
+            if job.status != jobs.QUEUED:  # final, or another worker's try runs it
+                log.info("job %s is %s (worker %s); this delivery skipped", job_id, job.status, job.worker)
                 return job.status
-            if job.status == jobs.PROCESSING and job.attempts >= self.settings.job_max_tries:
-                await jobs.move(s, job_id, jobs.FAILED, error_code="worker_lost",
-                                error_message=f"the worker processing this job stopped {job.attempts} time(s)",
-                                message="failed")
+            if job.attempts >= self.settings.job_max_tries:
+                await jobs.move(s, job_id, jobs.FAILED, error_code="worker_lost", message="failed",
+                                error_message=f"the job's worker stopped {job.attempts} time(s); it is not "
+                                              "tried again")
                 return jobs.FAILED
             took = await jobs.move(s, job_id, jobs.PROCESSING, attempts=job.attempts + 1, worker=self.name,
                                    started_at=jobs.utcnow(), progress=0, stage="fetch",
-                                   message="fetching the photo", completed_at=None)
+                                   message="fetching the photo", completed_at=None, error_code=None,
+                                   error_message=None)
             if not took:
                 return (await s.get(Job, job_id, populate_existing=True)).status
-            job = await s.get(Job, job_id, populate_existing=True)
-        log.info("job %s: processing (try %d) for %s/%s", job_id, job_try, job.tenant, job.user_id)
+            return await s.get(Job, job_id, populate_existing=True)
+
+    async def _run(self, job_id: str) -> str:
+        job = await self._take(job_id)  # a database error here leaves the job queued: the reaper re-queues it
+        if isinstance(job, str):
+            return job
+        try_no, owner = job.attempts, (self.name, job.attempts)
+        log.info("job %s: processing (try %d) for %s/%s", job_id, try_no, job.tenant, job.user_id)
         t0 = time.monotonic()
         workdir = Path(tempfile.mkdtemp(prefix=f"avatar-{job_id}-"))
-        uploaded: list[str] = []
         cancel = threading.Event()
         watcher = asyncio.create_task(self._watch_cancel(job_id, cancel))
         try:
-            photo = await self._photo(job)
-            await self._progress(job_id, _FETCH_END, "fetch", "photo received")
-            result = await self._pipeline(job, photo, workdir / "out", cancel)
-            files = {}
-            await self._progress(job_id, _PIPELINE_END, "upload", "uploading the artefacts")
-            for name, path in result.files.items():
-                key = artefact_key(job.user_id, job.id, name)
-                await self.storage.put_file(key, path)
-                uploaded.append(key)
-                files[name] = key
-            async with self.sessions() as s:
-                done = await jobs.move(
-                    s, job_id, jobs.COMPLETED, files=files, measurements=result.measurements,
-                    timings={"stages_ms": result.timings_ms, "total_ms": result.total_ms,
-                             "wall_ms": round((time.monotonic() - t0) * 1000.0, 1)},
-                    body_model=result.body_model, stage="done", message="avatar ready")
-            if not done:  # cancelled while we uploaded: the job says cancelled, so drop the files
-                await self._discard(job, uploaded)
-                return jobs.CANCELLED
+            async with asyncio.timeout(self.settings.job_timeout_seconds):
+                photo = await self._photo(job)
+                await self._progress(job_id, _FETCH_END, "fetch", "photo received")
+                result = await self._pipeline(job, photo, workdir / "out", cancel)
+                await self._progress(job_id, _PIPELINE_END, "upload", "uploading the artefacts")
+                files = {}
+                for name, path in result.files.items():
+                    files[name] = artefact_key(job.user_id, job.id, name, try_no)
+                    await self.storage.put_file(files[name], path)
+            done = await self._move(
+                job_id, jobs.COMPLETED, owner=owner, files=files, measurements=result.measurements,
+                timings={"stages_ms": result.timings_ms, "total_ms": result.total_ms,
+                         "wall_ms": round((time.monotonic() - t0) * 1000.0, 1)},
+                body_model=result.body_model, stage="done", message="avatar ready")
+            if not done:  # cancelled, past its deadline or handed to another try meanwhile: drop our files
+                await self._discard(job, try_no)
+                return (await self._status(job_id)) or jobs.CANCELLED
             log.info("job %s: completed in %.1f s", job_id, result.total_ms / 1000.0)
+            await metrics.record_stages(self.redis, result.timings_ms)
             return jobs.COMPLETED
         except CancelledError:
-            await self._discard(job, uploaded)
-            await self._finish(job_id, jobs.CANCELLED, message="cancelled")
-            return jobs.CANCELLED
+            return await self._end(job, owner, jobs.CANCELLED, message="cancelled")
         except AvatarError as exc:
-            await self._discard(job, uploaded)
-            await self._finish(job_id, jobs.FAILED, error_code=exc.code, error_message=str(exc), message="failed")
             log.info("job %s: failed: %s (%s)", job_id, exc, exc.code)
-            return jobs.FAILED
-        except asyncio.CancelledError:  # arq's job timeout or a worker shutdown
-            cancel.set()
-            await self._discard(job, uploaded)
-            await self._finish(job_id, jobs.FAILED, error_code="timeout",
-                               error_message=f"the job did not finish within {self.settings.job_timeout_seconds} s "
-                                             "or its worker stopped", message="failed")
+            return await self._end(job, owner, jobs.FAILED, error_code=exc.code, error_message=str(exc),
+                                   message="failed")
+        except TimeoutError:
+            log.warning("job %s: timed out after %d s", job_id, self.settings.job_timeout_seconds)
+            return await self._end(job, owner, jobs.FAILED, error_code="timeout", message="failed",
+                                   error_message=f"the job did not finish within "
+                                                 f"{self.settings.job_timeout_seconds} s")
+        except asyncio.CancelledError:  # the worker is stopping (SIGTERM): hand the job back, untried
+            log.info("job %s: worker stopping; the job goes back to the queue", job_id)
+            await asyncio.shield(self._end(job, owner, jobs.QUEUED, attempts=try_no - 1, worker=None,
+                                           progress=0, stage="queued", message="waiting for a worker "
+                                           "(its worker was stopped)", started_at=None))
             raise
-        except Exception as exc:  # a bug or a storage outage: the job still ends, with the reason
+        except Exception:  # a bug or a storage outage: the job still ends; the details stay in our log
             log.exception("job %s: internal error", job_id)
-            await self._discard(job, uploaded)
-            await self._finish(job_id, jobs.FAILED, error_code="internal_error",
-                               error_message=f"{exc.__class__.__name__}: {exc}", message="failed")
-            return jobs.FAILED
+            return await self._end(job, owner, jobs.FAILED, error_code="internal_error", message="failed",
+                                   error_message="the worker hit an internal error; the operator's logs "
+                                                 "have the details")
         finally:
+            cancel.set()
             watcher.cancel()
             shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _end(self, job: Job, owner: tuple[str, int], status: str, **values) -> str:
+        """Remove this try's files (best effort: a storage outage must not keep the job open),
+        then move the job; returns the status the job has now."""
+        await self._discard(job, owner[1])
+        await self._move(job.id, status, owner=owner, **values)
+        return (await self._status(job.id)) or status
+
+    async def _move(self, job_id: str, status: str, **values) -> bool:
+        """A job's last move, retried through a database outage of up to ~30 s; past that it
+        raises, the job stays with this try and the reaper queues it again once the database is back."""
+        for delay in (0.5, 1, 2, 4, 8, 15):
+            try:
+                async with self.sessions() as s:
+                    return await jobs.move(s, job_id, status, **values)
+            except (OSError, SQLAlchemyError) as exc:
+                log.warning("job %s: cannot record %s yet (%s); again in %s s", job_id, status,
+                            exc.__class__.__name__, delay)
+                await asyncio.sleep(delay)
+        async with self.sessions() as s:
+            return await jobs.move(s, job_id, status, **values)
+
+    async def _status(self, job_id: str) -> str | None:
+        async with self.sessions() as s:
+            row = await s.get(Job, job_id)
+            return row.status if row else None
 
     async def _photo(self, job: Job) -> bytes:
         if job.photo_key:
@@ -164,9 +200,16 @@ class JobRunner:
 
         reporter = asyncio.create_task(report())
         subject = Subject(height_cm=job.height_cm, gender=job.gender, weight_kg=job.weight_kg)
+        run = asyncio.ensure_future(asyncio.to_thread(self.pipeline.run, PipelineJob(photo, subject, out_dir),
+                                                      on_stage, cancel.is_set))
         try:
-            return await asyncio.to_thread(self.pipeline.run, PipelineJob(photo, subject, out_dir),
-                                           on_stage, cancel.is_set)
+            return await asyncio.shield(run)
+        except asyncio.CancelledError:
+            # a timeout or a shutdown: the thread cannot be killed, so ask it to stop at its next
+            # stage and wait for it; the pipeline (and its work folder) is not free before that
+            cancel.set()
+            await asyncio.wait([run])
+            raise
         finally:
             events.put_nowait(None)
             await reporter
@@ -179,26 +222,45 @@ class JobRunner:
             await asyncio.sleep(0.25)
 
     async def _progress(self, job_id: str, pct: int, stage: str, message: str) -> None:
-        async with self.sessions() as s:
-            await jobs.report_progress(s, job_id, pct, stage, message)
+        """Progress is a courtesy: a database blip skips a report, it never fails the job."""
+        try:
+            async with self.sessions() as s:
+                await jobs.report_progress(s, job_id, pct, stage, message)
+        except (OSError, SQLAlchemyError) as exc:
+            log.warning("job %s: progress not recorded (%s)", job_id, exc.__class__.__name__)
 
-    async def _finish(self, job_id: str, status: str, **values) -> None:
-        async with self.sessions() as s:
-            await jobs.move(s, job_id, status, **values)
-
-    async def _discard(self, job: Job, uploaded: list[str]) -> None:
-        if uploaded:
-            await self.storage.delete_prefix(artefact_key(job.user_id, job.id, ""))
+    async def _discard(self, job: Job, try_no: int) -> None:
+        try:
+            await self.storage.delete_prefix(try_prefix(job.user_id, job.id, try_no))
+        except Exception:
+            log.exception("job %s: could not remove the files of try %d", job.id, try_no)
 
     async def heartbeat_forever(self, device: str) -> None:
+        """Beat until cancelled; a Redis outage skips beats (logged) but never ends the loop."""
         started = time.time()
-        ttl = self.settings.heartbeat_seconds * 3
         try:
             while True:
-                await queue.beat(self.redis, self.name, {
-                    "name": self.name, "device": device, "queue": self.settings.queue_name,
-                    "started_at": started, "jobs_done": self.jobs_done, "current_job": self.current_job,
-                    "body_model": self.pipeline.body_model}, ttl)
+                try:
+                    await queue.beat(self.redis, self.name, {
+                        "name": self.name, "device": device, "queue": self.settings.queue_name,
+                        "started_at": started, "beat_at": time.time(), "jobs_done": self.jobs_done,
+                        "current_job": self.current_job, "body_model": self.pipeline.body_model,
+                        "gpu_memory_bytes": _gpu_memory(device)},
+                        self.settings.heartbeat_ttl_seconds)
+                except Exception as exc:
+                    log.warning("heartbeat not sent (%s: %s)", exc.__class__.__name__, exc)
                 await asyncio.sleep(self.settings.heartbeat_seconds)
         finally:
-            await queue.stop_beating(self.redis, self.name)
+            try:
+                await queue.stop_beating(self.redis, self.name)
+            except Exception:
+                pass
+
+
+def _gpu_memory(device: str) -> int | None:
+    """Bytes the pipeline holds on its GPU (None on CPU), for /metrics and /admin/queue."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return int(torch.cuda.memory_allocated(torch.device(device)))

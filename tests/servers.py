@@ -154,18 +154,49 @@ def _redis_is(pid: int, port: int) -> bool:
 @contextlib.contextmanager
 def redis_server(tmp_dir: Path, *, timeout: float = START_TIMEOUT_S) -> Iterator[str]:
     """Run ``redis-server`` without persistence; yields ``redis://127.0.0.1:PORT/0``."""
-    binary = _require(shutil.which("redis-server"), "redis-server", "apt-get install redis-server")
-    port = free_port()
+    with restartable_redis(tmp_dir, timeout=timeout) as server:
+        yield server.url
+
+
+class RestartableRedis:
+    """A redis-server that a fault test can stop and start again on the same port, with or
+    without the data it held (``SHUTDOWN SAVE`` then a restart loads it back)."""
+
+    def __init__(self, root: Path, port: int, timeout: float):
+        binary = _require(shutil.which("redis-server"), "redis-server", "apt-get install redis-server")
+        self.root, self.port, self.timeout, self.log = root, port, timeout, root / "redis.log"
+        self.url = f"redis://{HOST}:{port}/0"
+        self.cmd = [binary, "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no",
+                    "--dir", str(root), "--daemonize", "no"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=self.root, start_new_session=True)
+        _wait_until(lambda: _redis_is(self.proc.pid, self.port), what="redis-server", log=self.log,
+                    timeout=self.timeout, process=self.proc)
+
+    def stop(self, keep_data: bool = False) -> None:
+        import redis
+
+        with contextlib.suppress(redis.RedisError), redis.Redis(host=HOST, port=self.port) as r:
+            r.shutdown(save=keep_data, nosave=not keep_data)
+        self.proc.wait(STOP_TIMEOUT_S)
+        if not keep_data:
+            (self.root / "dump.rdb").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def restartable_redis(tmp_dir: Path, *, timeout: float = START_TIMEOUT_S) -> Iterator[RestartableRedis]:
     with _fresh_dir(tmp_dir, "redis-") as root:
-        log = root / "redis.log"
-        cmd = [
-            binary, "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no",
-            "--dir", str(root), "--daemonize", "no",
-        ]
-        with _running(cmd, log=log, cwd=root) as proc:
-            _wait_until(lambda: _redis_is(proc.pid, port), what="redis-server", log=log,
-                        timeout=timeout, process=proc)
-            yield f"redis://{HOST}:{port}/0"
+        server = RestartableRedis(root, free_port(), timeout)
+        server.start()
+        try:
+            yield server
+        finally:
+            if server.proc is not None:
+                _stop(server.proc)
 
 
 # ---------------------------------------------------------------- S3 (SeaweedFS)
@@ -342,9 +373,7 @@ def postgres_server(
 
         pg("initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync",
            "--no-locale", "-E", "UTF8", "--no-instructions")
-        # pg_ctl hands -o to a shell, hence the quoting
-        sockets = shlex.quote(str(root))
-        server_opts = f"-p {port} -k {sockets} -c listen_addresses={HOST} -c fsync=off"
+        server_opts = _postgres_opts(port, root)
         try:
             # -w: pg_ctl itself polls until the postmaster reports ready, and fails if it dies
             pg("pg_ctl", "start", "-w", "-t", str(int(timeout)), "-D", str(data), "-l", str(log),
@@ -358,6 +387,23 @@ def postgres_server(
                                  port, data)
         finally:
             _stop_postgres(pg, data)
+
+
+def _postgres_opts(port: int, root: Path) -> str:
+    # pg_ctl hands -o to a shell, hence the quoting
+    return f"-p {port} -k {shlex.quote(str(root))} -c listen_addresses={HOST} -c fsync=off"
+
+
+def pause_postgres(server: PostgresServer, seconds: float) -> None:
+    """Stop the cluster (fast shutdown: clients are cut off), wait, start it again as it was."""
+    root = server.data_dir.parent
+
+    def pg_ctl(*args: str) -> None:
+        subprocess.run([*_as_postgres_user(), str(postgres_bindir() / "pg_ctl"), *args, "-D", str(server.data_dir)],
+                       cwd=root, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    pg_ctl("stop", "-m", "fast", "-w")
+    time.sleep(seconds)
+    pg_ctl("start", "-w", "-l", str(root / "postgres.log"), "-o", _postgres_opts(server.port, root))
 
 
 def _stop_postgres(pg: Callable[..., subprocess.CompletedProcess[bytes]], data: Path) -> None:

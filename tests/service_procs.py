@@ -76,13 +76,13 @@ def api_server(env: dict[str, str], cwd: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def worker(env: dict[str, str], cwd: Path, api: str) -> Iterator[subprocess.Popen]:
-    """``avatar worker --device cpu``; ready once the API's /ready sees its heartbeat."""
+def worker(env: dict[str, str], cwd: Path, api: str, count: int = 1) -> Iterator[subprocess.Popen]:
+    """``avatar worker --device cpu``; ready once the API's /ready sees ``count`` live workers."""
     log = cwd / f"worker-{time.monotonic_ns()}.log"
     with _process(avatar_cmd("worker", "--device", "cpu"), env, cwd, log) as proc:
         def seen() -> bool:
             r = httpx.get(f"{api}/ready", timeout=5).json()
-            return r["checks"].get("workers", {}).get("ok", False)
+            return r["checks"].get("workers", {}).get("count", 0) >= count
         wait_for(seen, proc, log, "the worker")
         proc.log = log  # type: ignore[attr-defined]
         yield proc
@@ -91,7 +91,8 @@ def worker(env: dict[str, str], cwd: Path, api: str) -> Iterator[subprocess.Pope
 @contextlib.contextmanager
 def photo_host(files: dict[str, bytes]) -> Iterator[str]:
     """A real HTTP server standing in for "some website" a photo_url points at. ``/redirect``
-    answers 302 to the first file; unknown paths 404. Yields the base URL."""
+    answers 302 to the first file, ``/loop`` redirects to itself, ``/slow`` drips the first file
+    a byte every 0.2 s; unknown paths 404. Yields the base URL."""
     import http.server
     import threading
 
@@ -100,10 +101,18 @@ def photo_host(files: dict[str, bytes]) -> Iterator[str]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's naming)
             name = self.path.lstrip("/")
-            if name == "redirect":
+            if name in ("redirect", "loop"):
                 self.send_response(302)
-                self.send_header("Location", f"/{first}")
+                self.send_header("Location", f"/{first}" if name == "redirect" else "/loop")
                 self.end_headers()
+            elif name == "slow":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(files[first])))
+                self.end_headers()
+                for byte in files[first][:50]:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
             elif name in files:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(files[name])))

@@ -124,12 +124,13 @@ def test_worker_health_follows_this_hosts_heartbeat(redis_url):
     async def go() -> tuple[bool, bool, bool]:
         pool = await queue.connect(redis_url)
         try:
-            before = await worker_alive(redis_url, "box-a")
-            await queue.beat(pool, "box-a:1", {"name": "box-a:1"}, ttl_seconds=30)
-            mine = await worker_alive(redis_url, "box-a")
-            other = await worker_alive(redis_url, "box")  # a prefix of another host's name is not it
+            before = await worker_alive(redis_url, "box-a", "q")
+            await queue.beat(pool, "box-a:1", {"name": "box-a:1", "queue": "q"}, ttl_seconds=30)
+            mine = await worker_alive(redis_url, "box-a", "q")
+            other = await worker_alive(redis_url, "box", "q")  # a prefix of another host's name is not it
+            elsewhere = await worker_alive(redis_url, "box-a", "another-queue")
             await queue.stop_beating(pool, "box-a:1")
-            return before, mine, other
+            return before, mine, other or elsewhere
         finally:
             await pool.aclose()
 

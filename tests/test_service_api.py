@@ -7,8 +7,6 @@ import io
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,82 +15,21 @@ import pytest
 from inference import artefacts
 from servers import free_port
 from service_procs import api_server, run_avatar, worker
+from stack import Stack, create, follow, objects, query, service_env, upload
 
 pytestmark = pytest.mark.slow
-FINAL = {"completed", "failed", "cancelled"}
-
-
-@dataclass
-class Stack:
-    base: str
-    env: dict[str, str]
-    cwd: Path
-    keys: dict[str, str] = field(default_factory=dict)
-
-    def client(self, tenant: str | None = None, key: str | None = None) -> httpx.Client:
-        token = key or (self.keys[tenant] if tenant else None)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.base, headers=headers, timeout=30)
-
-    def key(self, tenant: str, *extra: str) -> str:
-        r = run_avatar(self.env, self.cwd, "keys", "create", "--tenant", tenant, *extra)
-        assert r.returncode == 0, r.stderr
-        return r.stdout.strip().splitlines()[0]
-
-
-def _create_database(pg) -> str:
-    import asyncpg
-
-    name = f"avatar_{uuid.uuid4().hex[:10]}"
-
-    async def go():
-        conn = await asyncpg.connect(pg.dsn)
-        await conn.execute(f"CREATE DATABASE {name}")
-        await conn.close()
-    asyncio.run(go())
-    return pg.sqlalchemy_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 @pytest.fixture(scope="module")
 def stack(postgres, s3, redis_url, weights_dir, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("service")
-    env = {
-        "DATABASE_URL": _create_database(postgres), "REDIS_URL": redis_url,
-        "QUEUE_NAME": f"avatar:test:{uuid.uuid4().hex[:8]}",
-        "STORAGE_URL": f"s3://avatars-{uuid.uuid4().hex[:8]}", "S3_ENDPOINT_URL": s3.endpoint_url,
-        "S3_ACCESS_KEY_ID": s3.access_key, "S3_SECRET_ACCESS_KEY": s3.secret_key,
-        "MAX_UPLOAD_BYTES": "3000000", "HEARTBEAT_SECONDS": "1", "AVATAR_WEIGHTS_DIR": str(weights_dir),
-        "PYOPENGL_PLATFORM": "osmesa", "YOLO_OFFLINE": "1", "LOG_LEVEL": "info",
-    }
+    env = service_env(postgres, s3, redis_url, weights_dir)
     with api_server(env, cwd) as base:
         st = Stack(base, env, cwd)
         st.keys = {"acme": st.key("acme"), "other": st.key("other"), "admin": st.key("ops", "--admin")}
         with worker(env, cwd, base) as proc:
             st.worker = proc
             yield st
-
-
-def upload(c: httpx.Client, path: Path) -> dict:
-    r = c.post("/api/photos", files={"file": (path.name, path.read_bytes(), "image/jpeg")})
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def create(c: httpx.Client, user: str, photo_url: str, **kw) -> httpx.Response:
-    body = {"user_id": user, "photo_url": photo_url, "height": 178, "weight": 80, "gender": "male", **kw}
-    return c.post("/api/avatar/create", json=body)
-
-
-def follow(c: httpx.Client, job_id: str, timeout: float = 240) -> list[dict]:
-    """Every status document until the job is final (polled the way a client polls)."""
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        doc = c.get(f"/api/avatar/status/{job_id}").json()
-        seen.append(doc)
-        if doc["status"] in FINAL:
-            return seen
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} not final after {timeout} s: {seen[-1]}")
 
 
 def load_artefact(name: str, data: bytes):
@@ -136,7 +73,7 @@ def test_the_seed_flow_end_to_end_and_no_other_tenant_sees_it(stack, bus_jpg):
     for name, url in done["files"].items():
         got = httpx.get(url, timeout=30)
         assert got.status_code == 200, (name, got.status_code)
-        assert f"/avatars/u-flow/{job_id}/{name}" in url
+        assert f"/avatars/u-flow/{job_id}/t1/{name}" in url
         loaded[name] = load_artefact(name, got.content)
     for mesh in (artefacts.BODY_APOSE, artefacts.BODY_TPOSE, artefacts.BODY_ORIGINAL, artefacts.AVATAR_GLB):
         assert len(loaded[mesh].faces) == 27420, mesh  # the Anny body, whole
@@ -180,7 +117,7 @@ def test_a_photo_the_pipeline_refuses_fails_the_job_with_the_reason(stack, zidan
     assert done["status"] == "failed"
     assert done["error"]["code"] == "body_truncated" and "head to feet" in done["error"]["message"]
     assert done["files"] == {} and done["avatar_url"] is None
-    assert _objects(stack, f"avatars/u-cut/{job_id}/") == []
+    assert objects(stack, f"avatars/u-cut/{job_id}/") == []
     assert acme.get("/api/avatar/u-cut").json()["status"] == "failed"
 
 
@@ -192,7 +129,7 @@ def test_a_cancelled_job_ends_cancelled_and_leaves_no_artefacts(stack, bus_jpg):
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     assert _worker_result(stack, job_id) == "cancelled"  # the worker is done with it
     assert acme.get(f"/api/avatar/status/{job_id}").json()["status"] == "cancelled"
-    assert _objects(stack, f"avatars/u-cancel/{job_id}/") == []
+    assert objects(stack, f"avatars/u-cancel/{job_id}/") == []
     again = acme.post(f"/api/avatar/cancel/{job_id}")
     assert again.status_code == 409 and again.json()["error"]["code"] == "job_finished"
 
@@ -205,21 +142,17 @@ def _worker_result(stack: Stack, job_id: str, timeout: float = 240):
 
     async def go():
         pool = await create_pool(RedisSettings.from_dsn(stack.env["REDIS_URL"]))
-        try:
-            return await Job(job_id, pool, _queue_name=stack.env["QUEUE_NAME"]).result(timeout=timeout, poll_delay=0.2)
+        try:  # each delivery of a job has its own arq id, JOB_ID.TOKEN
+            deadline = time.monotonic() + timeout
+            while not (ids := [k.decode() async for k in pool.scan_iter(match=f"arq:job:{job_id}.*")]
+                       + [k.decode() async for k in pool.scan_iter(match=f"arq:result:{job_id}.*")]):
+                assert time.monotonic() < deadline, f"no arq delivery of {job_id}"
+                await asyncio.sleep(0.2)
+            arq_id = ids[0].split(":", 2)[2]
+            return await Job(arq_id, pool, _queue_name=stack.env["QUEUE_NAME"]).result(timeout=timeout, poll_delay=0.2)
         finally:
             await pool.aclose()
     return asyncio.run(go())
-
-
-def _objects(stack: Stack, prefix: str) -> list[str]:
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=stack.env["S3_ENDPOINT_URL"], region_name="us-east-1",
-                      aws_access_key_id=stack.env["S3_ACCESS_KEY_ID"],
-                      aws_secret_access_key=stack.env["S3_SECRET_ACCESS_KEY"])
-    bucket = stack.env["STORAGE_URL"].removeprefix("s3://")
-    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
 
 
 @pytest.mark.parametrize("method,path", [
@@ -302,38 +235,37 @@ def test_events_are_stored_for_the_callers_tenant(stack):
                                                        "properties": {"screen": "fit", "ms": 120}})
     assert r.status_code == 202
     event_id = r.json()["event_id"]
-    row = _query(stack, f"SELECT tenant, user_id, name, properties FROM events WHERE id = {int(event_id)}")
+    row = query(stack, f"SELECT tenant, user_id, name, properties FROM events WHERE id = {int(event_id)}")
     assert row[0] == "acme" and row[1] == "u1" and row[2] == "viewer.opened"
     assert json.loads(row[3]) == {"screen": "fit", "ms": 120}
     big = stack.client("acme").post("/api/events", json={"name": "x", "properties": {"blob": "a" * 20000}})
     assert big.status_code == 413
 
 
-def _query(stack: Stack, sql: str):
-    import asyncpg
-
-    async def go():
-        conn = await asyncpg.connect(stack.env["DATABASE_URL"].replace("postgresql+asyncpg", "postgresql"))
-        try:
-            return await conn.fetchrow(sql)
-        finally:
-            await conn.close()
-    return asyncio.run(go())
-
-
-def test_admin_keys_manage_keys_and_client_keys_cannot(stack):
+def test_admin_keys_manage_their_own_tenants_keys_and_client_keys_cannot(stack):
     admin, acme = stack.client("admin"), stack.client("acme")
-    assert acme.post("/api/keys", json={"tenant": "beta"}).status_code == 403
-    made = admin.post("/api/keys", json={"tenant": "beta", "name": "beta app"})
+    assert acme.post("/api/keys", json={"tenant": "ops"}).status_code == 403
+    made = admin.post("/api/keys", json={"tenant": "ops", "name": "ops app"})
     assert made.status_code == 201
-    beta_key = made.json()["key"]
-    assert beta_key.startswith("avk_")
+    ops_key = made.json()["key"]
+    assert ops_key.startswith("avk_")
     listed = admin.get("/api/keys").json()
     assert all(k["key"] is None for k in listed) and made.json()["id"] in {k["id"] for k in listed}
-    beta = stack.client(key=beta_key)
-    assert beta.get("/api/avatar/u-flow").status_code == 404  # authenticated, but not its tenant's user
+    ops = stack.client(key=ops_key)
+    assert ops.get("/api/avatar/u-flow").status_code == 404  # authenticated, but not its tenant's user
     assert admin.delete(f"/api/keys/{made.json()['id']}").status_code == 204
-    assert beta.get("/api/avatar/u-flow").status_code == 401
+    assert ops.get("/api/avatar/u-flow").status_code == 401
+
+
+def test_an_admin_key_cannot_reach_another_tenants_keys(stack):
+    admin = stack.client("admin")
+    r = admin.post("/api/keys", json={"tenant": "acme", "admin": True})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    assert {k["tenant"] for k in admin.get("/api/keys").json()} == {"ops"}
+    acme_key_id = next(line.split()[0] for line in run_avatar(stack.env, stack.cwd, "keys", "list").stdout.splitlines()
+                       if " acme " in line)
+    assert admin.delete(f"/api/keys/{acme_key_id}").status_code == 404
+    assert stack.client("acme").get("/api/avatar/nobody").status_code == 404  # still a working key
 
 
 @pytest.mark.parametrize("change,fix", [
@@ -370,5 +302,5 @@ def test_when_redis_goes_down_create_answers_503_and_leaves_no_queued_job(stack,
             assert r.status_code == 503 and r.json()["error"]["code"] == "queue_unavailable"
             ready = httpx.get(f"{base}/ready")
             assert ready.status_code == 503 and ready.json()["checks"]["redis"]["ok"] is False
-    row = _query(stack, "SELECT status, error_code FROM jobs WHERE user_id = 'u-noqueue'")
+    row = query(stack, "SELECT status, error_code FROM jobs WHERE user_id = 'u-noqueue'")
     assert tuple(row) == ("failed", "queue_unavailable")

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from service import auth, jobs, migrate
+from service import auth, credits, jobs, migrate
 from service.db import ApiKey, Avatar, Job, make_engine, new_id, session_factory, utcnow
 
 
@@ -171,3 +171,71 @@ def test_tenant_names_are_checked(db_url):
             await auth.create_key(s, "../evil")
     with pytest.raises(ValueError, match="tenant"):
         run(db_url, fn)
+
+
+def test_concurrent_first_jobs_of_a_new_user_all_get_created(db_url):
+    async def fn(sessions):
+        ids = await asyncio.gather(*(_new_job(sessions, user="u-new") for _ in range(8)))
+        async with sessions() as s:
+            p = await s.get(Avatar, ("acme", "u-new"))
+            return ids, p.latest_job_id
+    ids, latest = run(db_url, fn)
+    assert len(set(ids)) == 8 and latest in ids
+
+
+def _credited_job(sessions, tenant: str, cost: int = 1):
+    """Create a job and reserve its cost in one transaction, as the API does."""
+    async def go():
+        async with sessions() as s:
+            job = Job(id=new_id(), tenant=tenant, user_id="u1", status=jobs.QUEUED, progress=0, message="",
+                      height_cm=170, gender="female", files={}, measurements={}, timings={}, attempts=0)
+            s.add(job)
+            await jobs.register_new(s, job)
+            try:
+                await credits.reserve(s, job, cost)
+            except credits.NoCredit:
+                await s.rollback()
+                return None
+            await s.commit()
+            return job.id
+    return go()
+
+
+def test_concurrent_reservations_never_overdraw_a_balance(db_url):
+    async def fn(sessions):
+        async with sessions() as s:
+            await credits.grant(s, "acme", 3)
+        made = await asyncio.gather(*(_credited_job(sessions, "acme") for _ in range(6)))
+        async with sessions() as s:
+            return made, await credits.balance(s, "acme")
+    made, now = run(db_url, fn)
+    assert sum(m is not None for m in made) == 3
+    assert (now.balance, now.reserved) == (0, 3)
+
+
+def test_a_final_move_commits_or_releases_once_and_the_balance_is_the_ledgers_sum(db_url):
+    async def fn(sessions):
+        async with sessions() as s:
+            await credits.grant(s, "acme", 5)
+        done, failed = await _credited_job(sessions, "acme"), await _credited_job(sessions, "acme")
+        async with sessions() as s:
+            for jid in (done, failed):
+                await jobs.move(s, jid, jobs.PROCESSING)
+            assert await jobs.move(s, done, jobs.COMPLETED)
+            assert await jobs.move(s, failed, jobs.FAILED, error_code="worker_lost")
+            again = [await jobs.move(s, jid, t) for jid in (done, failed) for t in (jobs.FAILED, jobs.CANCELLED)]
+            kinds = sorted((m.job_id == done, m.kind) for m in await credits.movements(s, "acme") if m.job_id)
+            return again, kinds, await credits.balance(s, "acme")
+    again, kinds, now = run(db_url, fn)
+    assert again == [False] * 4
+    assert kinds == [(False, "release"), (False, "reserve"), (True, "commit"), (True, "reserve")]
+    assert (now.balance, now.reserved) == (4, 0)
+
+
+def test_a_tenant_without_grants_is_not_metered(db_url):
+    async def fn(sessions):
+        jid = await _credited_job(sessions, "free")
+        async with sessions() as s:
+            return jid, await credits.balance(s, "free"), await credits.movements(s, "free")
+    jid, now, moves = run(db_url, fn)
+    assert jid is not None and not now.metered and moves == []

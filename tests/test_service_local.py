@@ -50,7 +50,7 @@ def test_a_photo_url_job_completes_with_signed_local_links(local):
     assert set(done["files"]) == set(artefacts.expected("anny"))
     assert (cwd / "data" / "avatar.db").is_file()
     url = done["files"][artefacts.PREVIEW]
-    assert url.startswith(f"{base}/files/avatars/walk-in/{done['job_id']}/preview.png?")
+    assert url.startswith(f"{base}/files/avatars/walk-in/{done['job_id']}/t1/preview.png?")
     got = httpx.get(url)
     assert got.status_code == 200 and got.headers["content-type"] == "image/png"
     assert got.content[:8] == b"\x89PNG\r\n\x1a\n"

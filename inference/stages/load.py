@@ -39,50 +39,53 @@ def load_photo(
         if not path.is_file():
             raise InputError(f"photo not found: {path}", "photo_not_found")
         data = path.read_bytes()
+    img = open_checked(data, name, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            focal = _focal_35mm(img)
+            img = ImageOps.exif_transpose(img)
+            img = img.convert("RGB")
+            img.load()
+    except _UNREADABLE as exc:
+        raise InputError(f"{name} is not a readable image ({exc})", "invalid_image") from exc
+    scale = work_size / max(img.size)
+    if scale < 1.0:
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+    return Photo(image=np.asarray(img, dtype=np.uint8).copy(), focal_35mm=focal, source=name)
+
+
+# ImportError: Ultralytics patches Image.open to try HEIF plugins on unknown data
+_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+               Image.DecompressionBombWarning, ImportError)
+
+
+def open_checked(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open the image without decoding its pixels and check its type and size from the header:
+    cheap enough for the API's edge (a 50 MP PNG costs kilobytes here, hundreds of MB decoded)."""
     if not data:
         raise InputError(f"{name} is empty", "invalid_image")
     kind = sniff_format(data)
     if kind is None:
         raise InputError(f"{name} is not a readable image (not JPEG, PNG or WebP data)", "invalid_image")
     if kind not in ALLOWED_FORMATS:
-        raise InputError(f"{name} is a {kind} image; send a JPEG, PNG or WebP photo",
-                         "unsupported_image_type")
+        raise InputError(f"{name} is a {kind} image; send a JPEG, PNG or WebP photo", "unsupported_image_type")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            fmt = img.format
-            width, height = img.size
-            if fmt not in ALLOWED_FORMATS:
-                raise InputError(
-                    f"{name} is a {fmt or 'unknown'} image; send a JPEG, PNG or WebP photo",
-                    "unsupported_image_type",
-                )
-            if width * height > max_pixels:
-                raise InputError(
-                    f"{name} has {width}x{height} = {width * height / 1e6:.1f} MP, over the "
-                    f"{max_pixels / 1e6:.0f} MP limit; send a smaller photo",
-                    "image_too_large",
-                )
-            if min(width, height) < MIN_SIDE:
-                raise InputError(
-                    f"{name} is only {width}x{height} pixels; a full-body photo needs more",
-                    "image_too_small",
-                )
-            focal = _focal_35mm(img)
-            img = ImageOps.exif_transpose(img)
-            img = img.convert("RGB")
-            img.load()
-    except InputError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning, ImportError) as exc:
-        # ImportError: Ultralytics patches Image.open to try HEIF plugins on unknown data
+    except _UNREADABLE as exc:
         raise InputError(f"{name} is not a readable image ({exc})", "invalid_image") from exc
-    scale = work_size / max(img.size)
-    if scale < 1.0:
-        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
-    return Photo(image=np.asarray(img, dtype=np.uint8).copy(), focal_35mm=focal, source=name)
+    width, height = img.size
+    if img.format not in ALLOWED_FORMATS:
+        raise InputError(f"{name} is a {img.format or 'unknown'} image; send a JPEG, PNG or WebP photo",
+                         "unsupported_image_type")
+    if width * height > max_pixels:
+        raise InputError(f"{name} has {width}x{height} = {width * height / 1e6:.1f} MP, over the "
+                         f"{max_pixels / 1e6:.0f} MP limit; send a smaller photo", "image_too_large")
+    if min(width, height) < MIN_SIDE:
+        raise InputError(f"{name} is only {width}x{height} pixels; a full-body photo needs more", "image_too_small")
+    return img
 
 
 def sniff_format(data: bytes) -> str | None:

@@ -27,7 +27,8 @@ from service.db import Job, utcnow
 from service.job_hooks import WorkerStores
 from service.runpod_protocol import (CANCELLED, COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, TIMED_OUT,
                                      TIMEOUT_CODE, split_error)
-from service.worker import artefact_key, worker_name
+from service.objects import artefact_key, try_prefix
+from service.worker import worker_name
 
 log = logging.getLogger("avatar.runpod")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -125,7 +126,7 @@ class RunpodRunner(WorkerStores):
                 log.info("job %s: following RunPod job %s again", job_id, runpod_id)
             return await self._follow(job_id, runpod_id, deadline)
         except RunpodRefused as exc:
-            await self.storage.delete_prefix(artefact_key(job.user_id, job.id, ""))
+            await self._drop_files(job.id)
             await self._finish(job_id, jobs.FAILED, error_code=exc.code, error_message=str(exc))
             await self._cancel_remote(runpod_id)
             log.warning("job %s: failed: %s", job_id, exc)
@@ -141,7 +142,7 @@ class RunpodRunner(WorkerStores):
         except Exception as exc:  # a bug or a storage outage: the job still ends, with the reason
             log.exception("job %s: internal error", job_id)
             await self._cancel_remote(runpod_id)
-            await self.storage.delete_prefix(artefact_key(job.user_id, job.id, ""))
+            await self._drop_files(job.id)
             await self._finish(job_id, jobs.FAILED, error_code="internal_error",
                                error_message=f"{exc.__class__.__name__}: {exc}")
             return jobs.FAILED
@@ -236,6 +237,7 @@ class RunpodRunner(WorkerStores):
 
     async def _complete(self, job: Job, doc: dict) -> str:
         await self._take(job)
+        try_no = max((await self._job(job.id)).attempts, 1)  # this try's own prefix (service.objects)
         output = doc.get("output") if isinstance(doc.get("output"), dict) else {}
         blobs = output.get("files_base64")
         if not isinstance(blobs, dict) or not blobs:
@@ -249,7 +251,7 @@ class RunpodRunner(WorkerStores):
                 raw = base64.b64decode(data, validate=True)
             except (binascii.Error, TypeError) as exc:
                 raise RunpodRefused("runpod_bad_output", f"{name} in RunPod's output is not base64") from exc
-            key = artefact_key(job.user_id, job.id, name)
+            key = artefact_key(job.user_id, job.id, name, try_no)
             await self.storage.put_bytes(key, raw)
             files[name] = key
         timings = {**(output.get("timings") or {}), "store_ms": round((time.monotonic() - started) * 1000, 1),
@@ -260,7 +262,7 @@ class RunpodRunner(WorkerStores):
                                    timings=timings, body_model=output.get("body_model"), stage="done",
                                    message="avatar ready")
         if not done:  # cancelled while we stored: the job says cancelled, so drop the files
-            await self.storage.delete_prefix(artefact_key(job.user_id, job.id, ""))
+            await self._drop_files(job.id)
             return (await self._job(job.id)).status
         log.info("job %s: completed on RunPod", job.id)
         return jobs.COMPLETED
@@ -271,6 +273,12 @@ class RunpodRunner(WorkerStores):
                 await self.client.cancel(runpod_id)
             except (RunpodBusy, RunpodRefused) as exc:
                 log.warning("could not cancel RunPod job %s: %s", runpod_id, exc)
+
+    async def _drop_files(self, job_id: str) -> None:
+        """Remove what this try stored (its own prefix; another try's delivered files stay)."""
+        job = await self._job(job_id)
+        if job is not None:
+            await self.storage.delete_prefix(try_prefix(job.user_id, job.id, max(job.attempts, 1)))
 
     async def _job(self, job_id: str) -> Job | None:
         async with self.sessions() as s:

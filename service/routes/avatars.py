@@ -1,18 +1,21 @@
 """Photos, avatar jobs, fit passports and measurement corrections."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, UploadFile
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, UploadFile
 from fastapi.responses import RedirectResponse
 
 from service import avatars
 from service.deps import PrincipalDep, SvcDep
-from service.errors import ApiError
-from service.schemas import CreateAvatarIn, CreateAvatarOut, JobStatusOut, MeasurementsPatch, PassportOut, PhotoOut
+from service.errors import ApiError, documented
+from service.schemas import USER_ID, CreateAvatarIn, CreateAvatarOut, JobStatusOut, MeasurementsPatch, PassportOut, PhotoOut
 
-router = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", responses=documented(401, 413, 422, 429, 503))
+UserId = Annotated[str, Path(pattern=USER_ID, description="your id for the person")]
 
 
-@router.post("/photos", response_model=PhotoOut, status_code=201)
+@router.post("/photos", response_model=PhotoOut, status_code=201, responses=documented(415))
 async def upload_photo(request: Request, file: UploadFile, svc: SvcDep, who: PrincipalDep) -> PhotoOut:
     limit = svc.settings.max_upload_bytes
     data = await file.read(limit + 1)
@@ -25,7 +28,8 @@ async def upload_photo(request: Request, file: UploadFile, svc: SvcDep, who: Pri
                     content_type=content_type, size_bytes=len(data))
 
 
-@router.get("/photos/{photo_id}", status_code=307, responses={307: {"description": "link to the photo"}})
+@router.get("/photos/{photo_id}", status_code=307,
+            responses={307: {"description": "link to the photo"}, **documented(404)})
 async def get_photo(photo_id: str, request: Request, svc: SvcDep, who: PrincipalDep) -> RedirectResponse:
     key, _ = await avatars.resolve_photo(svc, who, request, f"/api/photos/{photo_id}")
     if key is None:
@@ -33,28 +37,29 @@ async def get_photo(photo_id: str, request: Request, svc: SvcDep, who: Principal
     return RedirectResponse(svc.link(request, key), status_code=307)
 
 
-@router.post("/avatar/create", response_model=CreateAvatarOut, status_code=202)
+@router.post("/avatar/create", response_model=CreateAvatarOut, status_code=202, responses=documented(402, 404))
 async def create_avatar(body: CreateAvatarIn, request: Request, svc: SvcDep, who: PrincipalDep) -> CreateAvatarOut:
     return await avatars.create_job(svc, who, request, body)
 
 
-@router.get("/avatar/status/{job_id}", response_model=JobStatusOut)
+@router.get("/avatar/status/{job_id}", response_model=JobStatusOut, responses=documented(404))
 async def avatar_status(job_id: str, request: Request, svc: SvcDep, who: PrincipalDep) -> JobStatusOut:
-    return avatars.job_status(svc, request, await avatars.get_job(svc, who, job_id))
+    job = await avatars.get_job(svc, who, job_id)
+    return avatars.job_status(svc, request, job, await avatars.waiting_message(svc, job))
 
 
-@router.post("/avatar/cancel/{job_id}", response_model=JobStatusOut)
+@router.post("/avatar/cancel/{job_id}", response_model=JobStatusOut, responses=documented(404, 409))
 async def cancel_avatar(job_id: str, request: Request, svc: SvcDep, who: PrincipalDep) -> JobStatusOut:
     return avatars.job_status(svc, request, await avatars.cancel_job(svc, who, job_id))
 
 
-@router.get("/avatar/{user_id}", response_model=PassportOut)
-async def passport(user_id: str, request: Request, svc: SvcDep, who: PrincipalDep) -> PassportOut:
+@router.get("/avatar/{user_id}", response_model=PassportOut, responses=documented(404))
+async def passport(user_id: UserId, request: Request, svc: SvcDep, who: PrincipalDep) -> PassportOut:
     return avatars.passport_out(svc, request, await avatars.get_passport(svc, who, user_id))
 
 
-@router.patch("/measurements/{user_id}", response_model=PassportOut)
-async def correct_measurements(user_id: str, body: MeasurementsPatch, request: Request, svc: SvcDep,
+@router.patch("/measurements/{user_id}", response_model=PassportOut, responses=documented(404))
+async def correct_measurements(user_id: UserId, body: MeasurementsPatch, request: Request, svc: SvcDep,
                                who: PrincipalDep) -> PassportOut:
     p = await avatars.correct_measurements(svc, who, user_id, dict(body.measurements))
     return avatars.passport_out(svc, request, p)

@@ -1,0 +1,123 @@
+"""The reaper ends or re-queues every job nobody else will: a dead worker's job, a job past its
+deadline, a queued job Redis lost. Real Redis, SQLite, a local storage folder."""
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from jobkit import kit
+from service import jobs, queue
+from service.db import utcnow
+from service.objects import artefact_key
+from service.reaper import Reaper
+
+
+def sweep_once(tmp_path, redis_url, scenario, **settings):
+    async def go():
+        async with kit(tmp_path, redis_url, **settings) as k:
+            return await scenario(k, Reaper(k.settings, k.sessions, k.redis, k.storage))
+    return asyncio.run(go())
+
+
+def test_a_dead_workers_job_is_queued_again_without_its_tries_files(tmp_path, redis_url):
+    async def scenario(k, reaper):
+        job = await k.new_job(jobs.PROCESSING, worker="gone:1:ab", attempts=1)
+        await k.storage.put_bytes(artefact_key("u1", job.id, "a.glb", 1), b"half")
+        done = await reaper.sweep()
+        in_redis = await queue.known_job_ids(k.redis, k.settings.queue_name)
+        left = await k.storage.exists(artefact_key("u1", job.id, "a.glb", 1))
+        return job.id, done, await k.job(job.id), in_redis, left
+    job_id, done, job, in_redis, left = sweep_once(tmp_path, redis_url, scenario)
+    assert done.requeued == [job_id]
+    assert job.status == "queued" and job.worker is None and job.attempts == 1
+    assert "waiting for a worker" in job.message
+    assert job_id in in_redis and not left
+
+
+def test_a_dead_workers_job_fails_once_its_tries_are_used(tmp_path, redis_url):
+    async def scenario(k, reaper):
+        job = await k.new_job(jobs.PROCESSING, worker="gone:1:ab", attempts=2)
+        done = await reaper.sweep()
+        return job.id, done, await k.job(job.id)
+    job_id, done, job = sweep_once(tmp_path, redis_url, scenario, job_max_tries=2)
+    assert done.failed == [job_id]
+    assert (job.status, job.error_code) == ("failed", "worker_lost")
+
+
+def test_a_live_workers_job_is_left_alone(tmp_path, redis_url):
+    async def scenario(k, reaper):
+        job = await k.new_job(jobs.PROCESSING, worker="w:1:ab", attempts=1)
+        await queue.beat(k.redis, "w:1:ab", {"name": "w:1:ab", "queue": k.settings.queue_name, "current_job": job.id}, 30)
+        done = await reaper.sweep()
+        return done, await k.job(job.id)
+    done, job = sweep_once(tmp_path, redis_url, scenario)
+    assert (done.requeued, done.failed, job.status) == ([], [], "processing")
+
+
+def test_a_worker_alive_but_on_another_job_has_lost_this_one(tmp_path, redis_url):
+    async def scenario(k, reaper):
+        old = utcnow() - timedelta(seconds=120)
+        job = await k.new_job(jobs.PROCESSING, worker="w:1:ab", attempts=1, updated_at=old)
+        await queue.beat(k.redis, "w:1:ab", {"name": "w:1:ab", "queue": k.settings.queue_name, "current_job": None}, 30)
+        return job.id, await reaper.sweep()
+    job_id, done = sweep_once(tmp_path, redis_url, scenario)
+    assert done.requeued == [job_id]
+
+
+def test_a_job_past_its_deadline_fails_and_its_worker_is_told_to_stop(tmp_path, redis_url):
+    async def scenario(k, reaper):
+        created = utcnow() - timedelta(seconds=k.settings.job_deadline_seconds + 1)
+        late = await k.new_job(jobs.PROCESSING, worker="w:1:ab", attempts=1, created_at=created)
+        waiting = await k.new_job(created_at=created)
+        await queue.beat(k.redis, "w:1:ab", {"name": "w:1:ab", "queue": k.settings.queue_name, "current_job": late.id}, 30)
+        done = await reaper.sweep()
+        told = await queue.cancel_requested(k.redis, late.id)
+        return done, await k.job(late.id), await k.job(waiting.id), told
+    done, late, waiting, told = sweep_once(tmp_path, redis_url, scenario)
+    assert sorted(done.failed) == sorted([late.id, waiting.id])
+    assert late.error_code == waiting.error_code == "deadline_exceeded" and told
+
+
+def test_a_queued_job_redis_lost_is_queued_again_and_a_known_one_is_not(tmp_path, redis_url):
+    async def scenario(k, reaper):
+        old = utcnow() - timedelta(seconds=120)
+        lost = await k.new_job(updated_at=old)
+        kept = await k.new_job(updated_at=old)
+        await queue.enqueue(k.redis, k.settings.queue_name, kept.id)
+        fresh = await k.new_job()  # just created: the API enqueues it a moment after the row
+        done = await reaper.sweep()
+        return done, lost.id, fresh.id, await queue.known_job_ids(k.redis, k.settings.queue_name)
+    done, lost, fresh, known = sweep_once(tmp_path, redis_url, scenario)
+    assert done.reenqueued == [lost] and lost in known and fresh not in known
+
+
+def test_a_queue_entry_whose_data_expired_counts_as_lost(tmp_path, redis_url):
+    async def scenario(k, reaper):
+        job = await k.new_job(updated_at=utcnow() - timedelta(seconds=120))
+        arq_id = await queue.enqueue(k.redis, k.settings.queue_name, job.id)
+        await k.redis.delete(f"arq:job:{arq_id}")  # what arq's 1-day expiry does
+        return job.id, await reaper.sweep()
+    job_id, done = sweep_once(tmp_path, redis_url, scenario)
+    assert done.reenqueued == [job_id]
+
+
+def test_one_reaper_sweeps_however_many_api_processes_run(tmp_path, redis_url):
+    async def scenario(k, reaper):
+        other = Reaper(k.settings, k.sessions, k.redis, k.storage)
+        first = await queue.take_lock(k.redis, "reaper-test", reaper.owner, 5)
+        second = await queue.take_lock(k.redis, "reaper-test", other.owner, 5)
+        again = await queue.take_lock(k.redis, "reaper-test", reaper.owner, 5)
+        await k.redis.delete("avatar:lock:reaper-test")
+        return first, second, again
+    assert sweep_once(tmp_path, redis_url, scenario) == (True, False, True)
+
+
+def test_a_worker_of_another_queue_on_the_same_redis_does_not_count(tmp_path, redis_url):
+    async def scenario(k, reaper):
+        job = await k.new_job(jobs.PROCESSING, worker="w:1:ab", attempts=1)
+        await queue.beat(k.redis, "w:1:ab", {"name": "w:1:ab", "queue": "another:service", "current_job": job.id}, 30)
+        done = await reaper.sweep()
+        await k.redis.delete("avatar:worker:w:1:ab")
+        return job.id, done
+    job_id, done = sweep_once(tmp_path, redis_url, scenario)
+    assert done.requeued == [job_id]

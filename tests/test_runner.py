@@ -1,0 +1,142 @@
+"""The worker's runner: every try ends the job or hands it back, tries never touch each other's
+files, and a pipeline is never run twice at once. A stand-in pipeline (a thread that waits on
+events) makes the timing exact; Redis, the database and storage are real."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+from inference.pipeline import Result
+from jobkit import kit
+from service import jobs
+from service.objects import artefact_key, try_prefix
+from service.worker import JobRunner
+
+
+class SlowPipeline:
+    """Runs until ``release`` is set, checking the cancel flag like the real stages do."""
+
+    body_model = "anny"
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.running = 0
+        self.most_at_once = 0
+        self.ended_at: float | None = None
+
+    def run(self, job, on_stage=None, cancel=None) -> Result:
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        self.started.set()
+        try:
+            while not self.release.wait(0.05):
+                if cancel and cancel():
+                    time.sleep(0.3)  # the rest of the current stage
+                    from inference.errors import CancelledError
+                    raise CancelledError("cancelled")
+            job.out_dir.mkdir(parents=True)
+            (job.out_dir / "avatar_textured.glb").write_bytes(b"glb")
+            return Result(job.out_dir, {"avatar_textured.glb": job.out_dir / "avatar_textured.glb"},
+                          {"chest": 100.0}, {"fit": 1.0}, 1.0, "anny", {})
+        finally:
+            self.running -= 1
+            self.ended_at = time.monotonic()
+
+
+async def _started(pipe: SlowPipeline) -> None:
+    await asyncio.to_thread(pipe.started.wait, 10)
+
+
+def run_kit(tmp_path, redis_url, scenario, **settings):
+    async def go():
+        async with kit(tmp_path, redis_url, **settings) as k:
+            await k.storage.put_bytes("photos/acme/p1", b"\xff\xd8\xff fake jpeg")
+            return await scenario(k)
+    return asyncio.run(go())
+
+
+def runner(k, pipe, name="w:1:aa") -> JobRunner:
+    return JobRunner(k.settings, k.sessions, k.storage, k.redis, pipe, name=name)
+
+
+def test_a_timed_out_try_frees_the_pipeline_before_the_next_job_starts(tmp_path, redis_url):
+    async def scenario(k):
+        pipe = SlowPipeline()
+        r = runner(k, pipe)
+        first, second = await k.new_job(), await k.new_job()
+        t1 = asyncio.create_task(r.run(first.id))
+        await _started(pipe)
+        t2 = asyncio.create_task(r.run(second.id))
+        status1 = await t1
+        ended, second_started = pipe.ended_at, time.monotonic()
+        pipe.release.set()
+        status2 = await t2
+        return status1, (await k.job(first.id)).error_code, status2, pipe.most_at_once, ended <= second_started
+    s1, code, s2, most, in_order = run_kit(tmp_path, redis_url, scenario, job_timeout_seconds=1)
+    assert (s1, code, s2) == ("failed", "timeout", "completed")
+    assert most == 1 and in_order
+
+
+def test_a_stopping_worker_hands_its_job_back_untried(tmp_path, redis_url):
+    async def scenario(k):
+        pipe = SlowPipeline()
+        job = await k.new_job()
+        task = asyncio.create_task(runner(k, pipe).run(job.id))
+        await _started(pipe)
+        task.cancel()  # what arq does to a running job on SIGTERM
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        return await k.job(job.id), pipe.running, await k.storage.exists(artefact_key("u1", job.id, "x", 1))
+    job, still_running, files_left = run_kit(tmp_path, redis_url, scenario)
+    assert (job.status, job.attempts, job.worker) == ("queued", 0, None)
+    assert still_running == 0 and not files_left
+
+
+def test_a_late_try_cannot_finish_or_delete_the_job_another_try_completed(tmp_path, redis_url):
+    async def scenario(k):
+        slow, fast = SlowPipeline(), SlowPipeline()
+        fast.release.set()
+        job = await k.new_job()
+        late = asyncio.create_task(runner(k, slow, "w:1:aa").run(job.id))
+        await _started(slow)
+        async with k.sessions() as s:  # the reaper gives up on try 1 (its worker looked dead)
+            assert await jobs.move(s, job.id, jobs.QUEUED, owner=("w:1:aa", 1), worker=None)
+        second = await runner(k, fast, "w:2:bb").run(job.id)
+        slow.release.set()
+        first = await late
+        done = await k.job(job.id)
+        return first, second, done, await k.storage.exists(done.files["avatar_textured.glb"])
+    first, second, done, present = run_kit(tmp_path, redis_url, scenario)
+    assert second == "completed" and first == "completed"  # the status the job has, not the late try's
+    assert done.attempts == 2 and done.worker == "w:2:bb"
+    assert done.files["avatar_textured.glb"] == artefact_key("u1", done.id, "avatar_textured.glb", 2)
+    assert present
+
+
+def test_storage_refusing_writes_fails_the_job_with_nothing_stored(tmp_path, redis_url):
+    async def scenario(k):
+        pipe = SlowPipeline()
+        pipe.release.set()
+        job = await k.new_job()
+        (Path(k.storage.root) / "avatars").write_bytes(b"")  # a file where the folder must go
+        status = await runner(k, pipe).run(job.id)
+        return status, await k.job(job.id), await k.storage.exists(try_prefix("u1", job.id, 1) + "avatar_textured.glb")
+    status, job, stored = run_kit(tmp_path, redis_url, scenario)
+    assert (status, job.error_code) == ("failed", "internal_error") and not stored
+    assert "Error" not in job.error_message and "avatars" not in job.error_message  # no internals to clients
+
+
+def test_a_job_another_worker_runs_is_not_taken_again(tmp_path, redis_url):
+    async def scenario(k):
+        pipe = SlowPipeline()
+        pipe.release.set()
+        job = await k.new_job(jobs.PROCESSING, worker="w:9:zz", attempts=1)
+        status = await runner(k, pipe).run(job.id)
+        return status, await k.job(job.id), pipe.started.is_set()
+    status, job, ran = run_kit(tmp_path, redis_url, scenario)
+    assert (status, job.worker, job.attempts, ran) == ("processing", "w:9:zz", 1, False)
