@@ -1,6 +1,6 @@
-"""`avatar eval` on a small set: the set holds truth next to each photo, the report has every row,
-the pipeline's errors stay under the accuracy target, and the photo pays: on every girth the
-pipeline beats the photo-free baseline (the full table is in the README)."""
+"""`avatar eval` on a small sample of the frozen wide test split (people in loose clothes, other
+poses, cameras, backgrounds): the set holds truth next to each photo, the report has every row,
+and the pipeline's errors stay under the guard (the full tables are in the README)."""
 import json
 import subprocess
 import sys
@@ -18,7 +18,7 @@ def avatar(*args):
 @pytest.fixture(scope="module")
 def eval_set(tmp_path_factory):
     d = tmp_path_factory.mktemp("evalset")
-    r = avatar("eval", "make-set", d, "--n", "4", "--seed", "3")
+    r = avatar("eval", "make-set", d, "--split", "test", "--n", "4")
     assert r.returncode == 0, r.stderr
     return d
 
@@ -32,7 +32,8 @@ def test_make_set_stores_truth_next_to_each_photo(eval_set):
         genders.add(truth["gender"])
         assert 150 <= truth["height_cm"] <= 200
         assert {"chest", "waist", "hip"} <= set(truth["measurements"])
-        assert (case / "photo.png").is_file() and (case / "truth_mesh.npz").is_file()
+        assert (case / truth["photo"]).is_file() and (case / "truth_mesh.npz").is_file()
+        assert truth["preset"] == "wide" and "scene" in truth
         assert (case / "truth_mask.png").is_file()
         bmi = truth["weight_kg"] / (truth["height_cm"] / 100) ** 2
         assert 17 <= bmi <= 40
@@ -69,8 +70,8 @@ def test_the_photo_beats_the_photo_free_baseline_on_every_girth(report):
 
 
 def test_keypoint_offsets_agree_with_the_fitters_table(eval_set):
-    """The calibration table the fitter uses (measured on a separate set) still describes the
-    detector on this set: the detector's hips sit higher and its ankles lower and wider than
+    """The calibration table the fitter uses (medians on the separate wide calib set) still
+    describes the detector on this set: the detector's hips sit higher and its ankles lower than
     Anny's own keypoints."""
     from inference.bodies.anny_body import AnnyBody
     from inference.types import COCO_KEYPOINTS as COCO_NAMES
@@ -86,4 +87,4 @@ def test_keypoint_offsets_agree_with_the_fitters_table(eval_set):
     table = dict(zip(COCO_NAMES, AnnyBody.detector_offsets))
     for name in ("left_hip", "left_knee", "left_ankle", "left_shoulder"):
         assert measured[name] == pytest.approx(table[name], abs=0.04), name
-    assert measured["left_hip"][1] > 0.02 and measured["left_ankle"][1] < -0.03
+    assert measured["left_hip"][1] > 0.02 and measured["left_ankle"][1] < -0.02
