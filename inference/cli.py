@@ -17,7 +17,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("create", help="turn one full-body photo into an avatar")
-    c.add_argument("photo", type=Path)
+    c.add_argument("photo", type=Path, nargs="?", help="the photo (or --sample)")
+    c.add_argument("--sample", action="store_true",
+                   help="use the sample photo shipped with Ultralytics (bus.jpg): no photo of your own needed")
     c.add_argument("--height", type=float, required=True, help="height in cm (50-250)")
     c.add_argument("--weight", type=float, default=None, help="weight in kg (20-300), optional")
     c.add_argument("--gender", default="other", help=f"one of {', '.join(GENDERS)}")
@@ -112,6 +114,12 @@ def _create(args) -> int:
     from inference.pipeline import Job, Pipeline, PipelineConfig
 
     subject = Subject(height_cm=args.height, gender=args.gender, weight_kg=args.weight).validate()
+    if (args.photo is None) == (not args.sample):
+        raise InputError("give a photo or --sample (not both)", "invalid_argument")
+    if args.sample:
+        from inference.bench import sample_photo
+
+        args.photo = sample_photo()
     if not args.photo.is_file():
         raise InputError(f"photo not found: {args.photo}", "photo_not_found")
     say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print

@@ -23,6 +23,14 @@ def test_bad_numbers_exit_2_with_a_message(bus_jpg, tmp_path, flags, needle):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("photo", [[], ["BUS"]])
+def test_a_photo_or_the_sample_not_both_nor_neither(bus_jpg, tmp_path, photo):
+    photo = [bus_jpg if p == "BUS" else p for p in photo]
+    r = avatar("create", *photo, *(["--sample"] if photo else []), "--height", "170", "--out", tmp_path / "out")
+    assert r.returncode == 2 and "give a photo or --sample" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_not_an_image(tmp_path):
     bad = tmp_path / "photo.jpg"
     bad.write_bytes(b"\x00" * 1000)
@@ -64,9 +72,10 @@ def test_weights_check_fails_on_a_corrupt_file(tmp_path, weights_dir):
 
 
 @pytest.mark.slow
-def test_create_json_then_measure_agrees(bus_jpg, tmp_path):
+def test_create_json_then_measure_agrees(tmp_path):
+    """The README's first command: the sample photo, no photo of one's own."""
     out = tmp_path / "out"
-    r = avatar("create", bus_jpg, "--height", "180", "--weight", "75", "--gender", "male",
+    r = avatar("create", "--sample", "--height", "180", "--weight", "75", "--gender", "male",
                "--out", out, "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)  # progress went to stderr: stdout is one JSON document

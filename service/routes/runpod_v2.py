@@ -11,10 +11,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from service import avatars, v2
 from service.auth import Principal, authenticate
 from service.deps import SvcDep
-from service.errors import ApiError
+from service.errors import ApiError, documented
 from service.runpod_protocol import V2HealthOut, V2JobOut, V2PurgeOut, V2RunIn, V2StreamOut, runpod_status
 
-router = APIRouter(prefix="/v2/{endpoint_id}", tags=["RunPod-compatible"])
+router = APIRouter(prefix="/v2/{endpoint_id}", tags=["RunPod-compatible"],
+                   responses=documented(401, 404, 409, 413, 422, 429, 503))
 
 
 async def caller(request: Request, endpoint_id: str, svc: SvcDep) -> Principal:
