@@ -49,7 +49,7 @@ def test_a_redis_restart_mid_job_leaves_no_job_unfinished(outage, bus_jpg, keep_
 def test_postgres_stopped_mid_job_leaves_no_job_unfinished(outage, bus_jpg):
     c = outage.client("acme")
     job_id = create(c, "u-pg", upload(c, bus_jpg)["photo_url"]).json()["job_id"]
-    wait_status(c, job_id, {"processing"})
+    wait_status(c, job_id, {"processing"}, timeout=300)  # the worker may still finish an earlier job
     pause_postgres(outage.pg, 4)
     done = follow(c, job_id, timeout=300)[-1]
     assert done["status"] == "completed", done
