@@ -15,6 +15,9 @@ import numpy as np
 GENDERS = ("male", "female", "other")
 HEIGHT_RANGE_CM = (50.0, 250.0)
 WEIGHT_RANGE_KG = (20.0, 300.0)
+# the messages for values outside those ranges (the CLI, the worker and the web page say the same)
+HEIGHT_MESSAGE = "height {value} cm is outside {lo:.0f}-{hi:.0f} cm"
+WEIGHT_MESSAGE = "weight {value} kg is outside {lo:.0f}-{hi:.0f} kg"
 
 # what `measure` reports, in cm (definitions in inference/stages/measure.py and the README)
 MEASUREMENTS = (
@@ -46,15 +49,11 @@ class Subject:
 
         lo, hi = HEIGHT_RANGE_CM
         if not (lo <= float(self.height_cm) <= hi):
-            raise InputError(
-                f"height {self.height_cm} cm is outside {lo:.0f}-{hi:.0f} cm", "invalid_height"
-            )
+            raise InputError(HEIGHT_MESSAGE.format(value=self.height_cm, lo=lo, hi=hi), "invalid_height")
         if self.weight_kg is not None:
             lo, hi = WEIGHT_RANGE_KG
             if not (lo <= float(self.weight_kg) <= hi):
-                raise InputError(
-                    f"weight {self.weight_kg} kg is outside {lo:.0f}-{hi:.0f} kg", "invalid_weight"
-                )
+                raise InputError(WEIGHT_MESSAGE.format(value=self.weight_kg, lo=lo, hi=hi), "invalid_weight")
         if self.gender not in GENDERS:
             raise InputError(
                 f"gender {self.gender!r} is not one of {', '.join(GENDERS)}", "invalid_gender"

@@ -7,6 +7,8 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
 from service import errors, migrate, queue
@@ -18,8 +20,10 @@ from service.reaper import Reaper
 from service.routes import avatars as avatar_routes
 from service.routes import credits as credit_routes
 from service.routes import ops, runpod_v2
+from service.routes import web as web_routes
 from service.settings import Settings, get_settings
 from service.storage import make_storage
+from service.web import STATIC_DIR
 
 log = logging.getLogger("avatar.api")
 
@@ -71,10 +75,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="One full-body photo + height, weight, gender → a 3D body avatar.")
     errors.install(app)
     app.add_middleware(Edge, settings=settings)
+    if settings.cors_origin_list:  # outside the edge: a preflight carries no key and must not get 401
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origin_list), allow_methods=["*"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
     app.include_router(ops.router)
     app.include_router(avatar_routes.router)
     app.include_router(credit_routes.router)
     app.include_router(runpod_v2.router)
+    app.include_router(web_routes.router)
+    app.mount("/web", StaticFiles(directory=STATIC_DIR), name="web")
     return app
 
 

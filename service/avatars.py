@@ -10,7 +10,7 @@ from fastapi import Request
 from sqlalchemy import select
 
 from inference.errors import InputError
-from service import credits, jobs, queue
+from service import credits, events, jobs, queue
 from service.auth import Principal
 from service.db import Avatar, Job, new_id
 from service.deps import Services
@@ -19,6 +19,12 @@ from service.photos import check_host_public, check_url_shape, sniff_image
 from service.schemas import CreateAvatarIn, CreateAvatarOut, JobError, JobStatusOut, PassportOut
 
 PHOTO_PATH = re.compile(r"^/api/photos/([0-9a-f]{32})$")
+PHOTO_TYPES = ("image/jpeg", "image/png", "image/webp")
+PHOTO_TYPE_MESSAGE = "upload a JPEG, PNG or WebP photo"
+PHOTO_SIZE_MESSAGE = "the photo is over the {limit} byte limit"
+MEASUREMENT_RANGE_CM = (1.0, 400.0)
+MEASUREMENT_MESSAGE = "{name}: {value} cm is outside {lo:.0f}-{hi:.0f} cm"
+PASSPORT_LIST_LIMIT = 50
 
 
 def photo_key(tenant: str, photo_id: str) -> str:
@@ -32,7 +38,7 @@ async def store_photo(svc: Services, who: Principal, data: bytes) -> tuple[str, 
 
     content_type = sniff_image(data)
     if content_type is None:
-        raise ApiError(415, "unsupported_image_type", "upload a JPEG, PNG or WebP photo")
+        raise ApiError(415, "unsupported_image_type", PHOTO_TYPE_MESSAGE)
     open_checked(data)  # InputError → 422
     photo_id = new_id()
     await svc.storage.put_bytes(photo_key(who.tenant, photo_id), data, content_type)
@@ -148,7 +154,17 @@ async def cancel_job(svc: Services, who: Principal, job_id: str) -> Job:
                        "cancelled, try again later") from exc
     async with svc.sessions() as s:
         await jobs.move(s, job.id, jobs.CANCELLED, message="cancelled by the client", error_code=None)
-        return await s.get(Job, job.id)
+        job = await s.get(Job, job.id)
+    await events.publish(svc.redis, job.id)
+    return job
+
+
+async def list_passports(svc: Services, who: Principal, limit: int = PASSPORT_LIST_LIMIT) -> list[Avatar]:
+    """The tenant's people, the most recently changed first (the page's "earlier avatars")."""
+    async with svc.sessions() as s:
+        rows = await s.execute(select(Avatar).where(Avatar.tenant == who.tenant)
+                               .order_by(Avatar.updated_at.desc(), Avatar.user_id).limit(limit))
+        return list(rows.scalars())
 
 
 async def get_passport(svc: Services, who: Principal, user_id: str) -> Avatar:
@@ -172,9 +188,10 @@ def passport_out(svc: Services, request: Request, p: Avatar) -> PassportOut:
 
 
 async def correct_measurements(svc: Services, who: Principal, user_id: str, values: dict[str, float | None]) -> Avatar:
+    lo, hi = MEASUREMENT_RANGE_CM
     for name, v in values.items():
-        if v is not None and not (1.0 <= v <= 400.0):
-            raise ApiError(422, "invalid_measurement", f"{name}: {v} cm is outside 1-400 cm")
+        if v is not None and not (lo <= v <= hi):
+            raise ApiError(422, "invalid_measurement", MEASUREMENT_MESSAGE.format(name=name, value=v, lo=lo, hi=hi))
     async with svc.sessions() as s:
         passport = await s.get(Avatar, (who.tenant, user_id))
         if passport is None:

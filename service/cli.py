@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from inference import cli as pipeline_cli
 from service.errors import DependencyError
 
-SERVICE_COMMANDS = ("serve", "worker", "keys", "db", "credits", "queue", "jobs", "doctor")
+SERVICE_COMMANDS = ("up", "serve", "worker", "keys", "db", "credits", "queue", "jobs", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time jobs through a running service (create → completed) instead of in-process")
     b.add_argument("--key", default=None, help="with --via-api: an API key")
     b.add_argument("--concurrency", default="1", help="with --via-api: jobs in flight, e.g. 1,4,16")
+    u = sub.add_parser("up", help="the whole service in one command: API + worker (+ a private Redis when "
+                                  "REDIS_URL is not set); prints the page's address and, the first time, an admin key")
+    u.add_argument("--host", default=None, help="default: HOST from the environment, else 127.0.0.1")
+    u.add_argument("--port", type=int, default=None, help="default: PORT from the environment, else 8000")
+    u.add_argument("--device", default=None, help="the worker's device: auto (a GPU when there is one) | cpu | cuda:N")
+    u.add_argument("--tenant", default="studio", help="the tenant of the admin key made on the first start")
+    u.add_argument("--demo", action="store_true",
+                   help="also send the sample photo (bus.jpg) so a first avatar appears without a photo of your own")
     s = sub.add_parser("serve", help="run the API (FastAPI + uvicorn)")
     s.add_argument("--host", default=None, help="default: HOST from the environment, else 127.0.0.1")
     s.add_argument("--port", type=int, default=None, help="default: PORT from the environment, else 8000")
@@ -79,11 +87,20 @@ def main(argv: list[str] | None = None) -> int:
 
     configure(os.environ.get("LOG_LEVEL", "info"), os.environ.get("LOG_FORMAT", "text").lower())
     try:
-        return {"serve": _serve, "worker": _worker, "keys": _keys, "db": _db, "credits": _credits,
+        return {"up": _up, "serve": _serve, "worker": _worker, "keys": _keys, "db": _db, "credits": _credits,
                 "queue": _queue, "jobs": _jobs, "doctor": _doctor}[args.command](args)
     except (DependencyError, ValidationError) as exc:
         print(f"avatar: error: {exc}", file=sys.stderr)
         return 3
+
+
+def _up(args) -> int:
+    from service import up
+    from service.settings import get_settings
+
+    settings = get_settings()
+    return up.run(up.UpOptions(host=args.host or settings.host, port=args.port or settings.port,
+                               device=args.device, tenant=args.tenant, demo=args.demo))
 
 
 def _serve(args) -> int:

@@ -18,7 +18,7 @@ from arq.connections import ArqRedis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service import jobs, queue
+from service import events, jobs, queue
 from service.db import Job, utcnow
 from service.objects import try_prefix
 from service.settings import Settings
@@ -100,6 +100,7 @@ class Reaper:
                                     error_code="worker_lost", message="failed", error_message=f"the job's "
                                     f"worker stopped {job.attempts} time(s); it is not tried again")
         if moved:
+            await events.publish(self.redis, job.id)
             done.failed.append(job.id)
             log.warning("job %s: worker %s stopped beating; failed (no tries left)", job.id, job.worker)
             await self._remove_try(job)
@@ -111,6 +112,7 @@ class Reaper:
             moved = await jobs.move(s, job.id, jobs.QUEUED, owner=(job.worker or "", job.attempts), worker=None,
                                     progress=0, stage="queued", started_at=None, message=message)
         if moved:
+            await events.publish(self.redis, job.id)
             await self._remove_try(job)
             await self.enqueue(job.id)
         return moved
@@ -127,6 +129,7 @@ class Reaper:
                                     error_message=f"the job did not finish within "
                                                   f"{self.settings.job_deadline_seconds} s of its creation")
         if moved:
+            await events.publish(self.redis, job.id)
             done.failed.append(job.id)
             log.warning("job %s: past its deadline; failed", job.id)
             await queue.request_cancel(self.redis, job.id)  # a worker still on it stops

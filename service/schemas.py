@@ -170,3 +170,25 @@ class QueueOut(BaseModel):
     oldest_waiting: WaitingJobOut | None
     workers: list[WorkerOut] = Field(description="live workers (all tenants share them)")
     recent_failures: list[FailureOut]
+
+
+class RangeOut(BaseModel):
+    min: float
+    max: float
+    message: str = Field(description="the API's message for a value outside; {value} stands for the value")
+
+
+class LimitsOut(BaseModel):
+    """What a create request must satisfy, so a client (the web page) checks it before sending."""
+
+    height_cm: RangeOut
+    weight_kg: RangeOut
+    genders: list[str]
+    user_id_pattern: str
+    user_id_message: str
+    photo_types: list[str]
+    photo_max_bytes: int
+    photo_type_message: str
+    photo_size_message: str
+    measurements: list[str] = Field(description="the measurement names a correction may name")
+    measurement_cm: RangeOut = Field(description="{name} in the message stands for the measurement's name")

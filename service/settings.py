@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from typing import Literal
-
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -81,6 +79,8 @@ class Settings(BaseSettings):
     port: int = 8000
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
+    # browser front ends on other origins that may call the API (comma-separated; none by default)
+    cors_origins: str = ""
 
     @field_validator("storage_url")
     @classmethod
@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     def v2_endpoint_ids(self) -> tuple[str, ...]:
         """The endpoint ids the /v2 routes answer to (``V2_ENDPOINTS``, comma-separated)."""
         return tuple(e.strip() for e in self.v2_endpoints.split(",") if e.strip())
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        """The origins allowed by CORS (``CORS_ORIGINS``, comma-separated)."""
+        return tuple(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
 
     @property
     def heartbeat_ttl_seconds(self) -> float:

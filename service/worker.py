@@ -25,7 +25,7 @@ from inference.errors import AvatarError, CancelledError, InputError
 from inference.pipeline import Job as PipelineJob
 from inference.pipeline import Pipeline, StageEvent
 from inference.types import Subject
-from service import jobs, metrics, queue
+from service import events, jobs, metrics, queue
 from service.db import Job
 from service.objects import artefact_key, try_prefix
 from service.photos import fetch_photo
@@ -88,7 +88,9 @@ class JobRunner:
                                    error_message=None)
             if not took:
                 return (await s.get(Job, job_id, populate_existing=True)).status
-            return await s.get(Job, job_id, populate_existing=True)
+            job = await s.get(Job, job_id, populate_existing=True)
+        await events.publish(self.redis, job_id)
+        return job
 
     async def _run(self, job_id: str) -> str:
         job = await self._take(job_id)  # a database error here leaves the job queued: the reaper re-queues it
@@ -158,16 +160,20 @@ class JobRunner:
     async def _move(self, job_id: str, status: str, **values) -> bool:
         """A job's last move, retried through a database outage of up to ~30 s; past that it
         raises, the job stays with this try and the reaper queues it again once the database is back."""
-        for delay in (0.5, 1, 2, 4, 8, 15):
+        for delay in (0.5, 1, 2, 4, 8, 15, None):
             try:
                 async with self.sessions() as s:
-                    return await jobs.move(s, job_id, status, **values)
+                    moved = await jobs.move(s, job_id, status, **values)
+                break
             except (OSError, SQLAlchemyError) as exc:
+                if delay is None:
+                    raise
                 log.warning("job %s: cannot record %s yet (%s); again in %s s", job_id, status,
                             exc.__class__.__name__, delay)
                 await asyncio.sleep(delay)
-        async with self.sessions() as s:
-            return await jobs.move(s, job_id, status, **values)
+        if moved:
+            await events.publish(self.redis, job_id)
+        return moved
 
     async def _status(self, job_id: str) -> str | None:
         async with self.sessions() as s:
@@ -187,13 +193,13 @@ class JobRunner:
 
     async def _pipeline(self, job: Job, photo: bytes, out_dir: Path, cancel: threading.Event):
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[StageEvent | None] = asyncio.Queue()
+        stage_events: asyncio.Queue[StageEvent | None] = asyncio.Queue()
 
         def on_stage(ev: StageEvent) -> None:  # called in the pipeline's thread
-            loop.call_soon_threadsafe(events.put_nowait, ev)
+            loop.call_soon_threadsafe(stage_events.put_nowait, ev)
 
         async def report() -> None:
-            while (ev := await events.get()) is not None:
+            while (ev := await stage_events.get()) is not None:
                 pct = _FETCH_END + ev.progress * (_PIPELINE_END - _FETCH_END)
                 verb = "running" if ev.status == "start" else "finished"
                 await self._progress(job.id, int(pct), ev.stage, f"{verb} {ev.stage} ({ev.index}/{ev.total})")
@@ -211,7 +217,7 @@ class JobRunner:
             await asyncio.wait([run])
             raise
         finally:
-            events.put_nowait(None)
+            stage_events.put_nowait(None)
             await reporter
 
     async def _watch_cancel(self, job_id: str, cancel: threading.Event) -> None:
@@ -225,9 +231,13 @@ class JobRunner:
         """Progress is a courtesy: a database blip skips a report, it never fails the job."""
         try:
             async with self.sessions() as s:
-                await jobs.report_progress(s, job_id, pct, stage, message)
+                if not await jobs.report_progress(s, job_id, pct, stage, message):
+                    return  # the job is no longer processing (cancelled, or another try's)
         except (OSError, SQLAlchemyError) as exc:
             log.warning("job %s: progress not recorded (%s)", job_id, exc.__class__.__name__)
+            return
+        await events.publish(self.redis, job_id, status=jobs.PROCESSING, progress=int(pct), stage=stage,
+                             message=message)
 
     async def _discard(self, job: Job, try_no: int) -> None:
         try:
