@@ -241,7 +241,12 @@ function showProgress(doc) {
   renderStages(FINAL.has(doc.status));
 }
 
+let ticking = null;
+
 function renderStages(final) {
+  // the running stage's time counts up between events (the fit has none for half a minute)
+  clearTimeout(ticking);
+  if (!final) ticking = setTimeout(() => renderStages(false), 500);
   const now = performance.now();
   $("stages").replaceChildren(...state.stages.map((s, i) => {
     const li = document.createElement("li");
