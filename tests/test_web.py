@@ -136,6 +136,24 @@ def follow_events(site: Site, job_id: str, into: list) -> threading.Thread:
     return thread
 
 
+def watch_notes(site: Site, job_id: str) -> list:
+    """The worker's notes on the job's Redis channel as they are published: (arrival time, note)."""
+    import redis
+
+    from service.events import channel
+
+    notes: list = []
+    sub = redis.Redis.from_url(site.env["REDIS_URL"]).pubsub(ignore_subscribe_messages=True)
+    sub.subscribe(channel(job_id))
+
+    def run():
+        with contextlib.suppress(redis.RedisError):  # the session's Redis stops at the end
+            for msg in sub.listen():
+                notes.append((time.monotonic(), json.loads(msg["data"])))
+    threading.Thread(target=run, daemon=True).start()
+    return notes
+
+
 @pytest.fixture(scope="module")
 def made(site, browser, bus_jpg):
     """bus.jpg sent through the page; what the page and an events client saw until the avatar showed."""
@@ -148,6 +166,7 @@ def made(site, browser, bus_jpg):
     job_id = d.current_url.split("job=")[1]
     wait(d, lambda: "waiting for a worker" in el(d, "progress-message").text, what="the queued job's message")
     events: list = []
+    notes = watch_notes(site, job_id)
     listener = follow_events(site, job_id, events)
     wait(d, lambda: events, what="the first event")
     site.stack.enter_context(worker(site.env, site.cwd, site.base))  # only now can the job start
@@ -167,7 +186,7 @@ def made(site, browser, bus_jpg):
     time.sleep(0.5)  # the first frame after loading
     d.save_screenshot(str(site.shots / "result.png"))
     listener.join(30)
-    return {"job_id": job_id, "events": events, "progress": progress, "stages_text": stages,
+    return {"job_id": job_id, "events": events, "notes": notes, "progress": progress, "stages_text": stages,
             "via": el(d, "progress-via").get_attribute("textContent")}
 
 
@@ -186,6 +205,15 @@ def test_events_push_every_stage_in_order_then_the_final_status(made):
     assert stages == ["fetch", *PIPELINE_STAGES, "upload"], stages
     progress = [doc["progress"] for doc in docs]
     assert progress == sorted(progress)
+
+
+def test_events_arrive_within_100_ms_of_the_workers_note(made):
+    pushed = {(doc["stage"], doc["message"]): t for t, doc in made["events"]}
+    delays = sorted(pushed[(n["stage"], n["message"])] - t for t, n in made["notes"]
+                    if "stage" in n and (n["stage"], n["message"]) in pushed)
+    assert len(delays) >= 10
+    assert delays[len(delays) // 2] < 0.1, delays  # the median; the tail is this loaded machine's
+    print(f"\nnote → event: median {delays[len(delays) // 2] * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms")
 
 
 def test_events_need_the_key_and_hide_other_tenants_jobs(site, made):
