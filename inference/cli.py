@@ -61,6 +61,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     er.add_argument("--json", dest="json_out", type=Path, default=None, help="also write the report here")
     er.add_argument("--fit", dest="fit_overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a FitConfig field for this run (ablations, before/after), e.g. cloth_gap=false")
+    er.add_argument("--fit-only", action="store_true", help="exact inputs only, the fit and the "
+                    "measurements alone on cached observations (for tuning; the README reports the full run)")
+    et = esub.add_parser("train-prior", help="train the learned shape prior from generated renders "
+                         "(the prior-train split) and write it into the package")
+    et.add_argument("work_dir", type=Path, help="where the training renders and features are kept")
+    et.add_argument("--n", type=int, default=None, help="photos (default: the split's)")
+    et.add_argument("--out", type=Path, default=None, help="default: the packaged prior file")
+    et.add_argument("--device", default="cpu")
     ek = esub.add_parser("keypoint-offsets", help="where the pose detector puts each keypoint "
                          "relative to the body model's own (the fit's calibration table)")
     ek.add_argument("set_dir", type=Path)
@@ -260,6 +268,20 @@ def _eval(args) -> int:
     if args.eval_command == "keypoint-offsets":
         result = evaluation.keypoint_offsets(args.set_dir, device=args.device)
         print(evaluation.format_offsets(result))
+        return 0
+    if args.eval_command == "train-prior":
+        from inference.eval.train_prior import train_prior
+        from inference.stages.shape_prior import PRIOR_FILE
+
+        train_prior(args.work_dir, out=args.out or PRIOR_FILE, n=args.n, device=args.device)
+        return 0
+    if args.fit_only:
+        from inference.eval.fitonly import format_fit_only, run_fit_only
+
+        report = run_fit_only(args.set_dir, device=args.device, fit=evaluation.fit_config(args.fit_overrides))
+        print(format_fit_only(report))
+        if args.json_out:
+            args.json_out.write_text(json.dumps(report, indent=2))
         return 0
     report = evaluation.run_eval(args.set_dir, device=args.device,
                                  fit=evaluation.fit_config(args.fit_overrides))

@@ -223,6 +223,21 @@ class Pipeline:
             for tmp in staging:
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    def observe(self, jobs: list[Job]) -> dict:
+        """Load, detect and segment only: what the photos say, before any fitting (for the
+        eval's fit-only runs and the learned prior's training data)."""
+        for job in jobs:
+            job.subject.validate()
+        state: dict = {}
+        for stage in ("load", "detect", "segment"):
+            getattr(self, f"_stage_{stage}")(jobs, None, state)
+        return state
+
+    def fit_observed(self, jobs: list[Job], state: dict) -> list[FitResult]:
+        """The fit stage on ``observe``'s output."""
+        self._stage_fit(jobs, None, state)
+        return state["fits"]
+
     @staticmethod
     def _staging_dir(out_dir: Path) -> Path:
         out_dir = out_dir.resolve()

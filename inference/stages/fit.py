@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from inference.bodies.base import LIMB, LIMBS, BodyModel, rotvec_to_matrix
 from inference.stages import widths as W
 from inference.stages.detect import crossed_sides
+from inference.stages.shape_prior import ShapePrior, photo_features
 from inference.types import Camera, Subject, focal_px_from_35mm
 
 DENSITY = 985.0  # kg/m³, whole human body (with lungs); literature 985-1010
@@ -97,6 +98,12 @@ class FitConfig:
     sigma_natural_height: float = 0.01  # relative; for body models with ``natural_height``
     w_shape_solve_prior: float = 10.0
     widths_relative: bool = True
+    # the learned prior (``shape_prior``): stage C pulls the shape toward what the photo's
+    # features predict, by the prediction's cross-validated spread times ``prior_scale``,
+    # instead of toward the population's middle. Off, or where the body model has none: the latter
+    learned_prior: bool = True
+    prior_scale: float = 1.0
+    record_prior_features: bool = False  # keep the features in the diagnostics (training)
 
 
 @dataclass
@@ -195,6 +202,11 @@ class Fitter:
         labels = W.part_labels(body)
         self.part_labels = labels
         self.trunk_idx = torch.as_tensor(np.flatnonzero(labels == W.TRUNK), device=body.device)
+        self.prior = ShapePrior.load() if body.name == "anny" and self.config.learned_prior else None
+        self.prior_idx = None
+        if self.prior is not None:
+            self.prior_idx = torch.as_tensor([body.shape_names.index(n) for n in self.prior.outputs],
+                                             device=body.device)
 
     # ------------------------------------------------------------------------------------
     def fit(self, targets: list[FitTarget]) -> list[FitResult]:
@@ -344,15 +356,28 @@ class Fitter:
         iters = cfg.iterations if use_photo else max(40, cfg.iterations // 2)
         sh, limbs, rot, trans = stage_b(shape, limbs, rot, trans, iters, True)
         solve_info: list[dict] = [{} for _ in targets]
+        learned: list = [None] * B
+        if use_photo and (self.prior is not None or cfg.record_prior_features):
+            for i, t in enumerate(targets):
+                feats = self._prior_features(sh[i], free[i], subjects[i], t, limbs[i], apose[i], rot[i],
+                                             trans[i], Kt[i], float(heights[i]))
+                if cfg.record_prior_features:
+                    solve_info[i]["prior_features"] = None if feats is None else feats.tolist()
+                if feats is not None and self.prior is not None:
+                    mu, sigma = self.prior.predict(feats, with_weight=subjects[i].weight_kg is not None)
+                    learned[i] = (torch.as_tensor(mu, device=dev, dtype=dt),
+                                  torch.as_tensor(sigma * cfg.prior_scale, device=dev, dtype=dt))
+                    solve_info[i]["prior_mean"] = [round(float(m), 3) for m in mu]
         if use_photo and cfg.shape_solve:
             for round_ in range(cfg.rounds):
                 if round_:  # the pose and camera again, for the shape stage C found
                     _, limbs, rot, trans = stage_b(sh, limbs, rot, trans, cfg.refit_iterations, False)
                 # -- stage C: the shape alone, pose and camera kept, on the trunk's width profile
                 for i, t in enumerate(targets):
-                    sh[i], solve_info[i] = self._solve_shape(
+                    sh[i], info = self._solve_shape(
                         sh[i], free[i], subjects[i], t, limbs[i], apose[i], rot[i], trans[i], Kt[i],
-                        float(heights[i]), float(weights[i]) if bool(has_w[i]) else None)
+                        float(heights[i]), float(weights[i]) if bool(has_w[i]) else None, learned[i])
+                    solve_info[i].update(info)
 
         with torch.no_grad():
             out = forward(sh, limbs, rot, trans, photo=use_photo)
@@ -415,17 +440,22 @@ class Fitter:
 
     @torch.no_grad()
     def _solve_shape(self, shape, free, subject: Subject, target: FitTarget, limbs, stand, rot, trans,
-                     K, height_m: float, weight_kg: float | None) -> tuple[torch.Tensor, dict]:
+                     K, height_m: float, weight_kg: float | None, learned=None) -> tuple[torch.Tensor, dict]:
         """Stage C: Levenberg-Marquardt on the free shape parameters of one photo (and, with
         ``cloth_gap``, the clothes' two offsets), pose and camera fixed, on
         ``_shape_residuals``. Few parameters and a stiff mass term: a (finite-difference)
         Gauss-Newton step follows the constant-mass valley where a first-order optimiser crawls."""
         residuals, info = self._shape_residuals(shape, subject, target, limbs, stand, rot, trans, K,
-                                                height_m, weight_kg)
+                                                height_m, weight_kg, learned)
         if residuals is None:
             return shape, info
         n_shape = shape.shape[0]
-        start = self._coarse_start(residuals, shape, free, stand, height_m, weight_kg)
+        extra = None
+        if learned is not None:  # the prediction itself is a start too
+            extra = shape[None].clone()
+            extra[0, self.prior_idx] = learned[0]
+            extra = self.body.clamp_shape(extra)
+        start = self._coarse_start(residuals, shape, free, stand, height_m, weight_kg, extra)
         free_idx = torch.nonzero(free > 0).flatten()
         if self.config.cloth_gap:
             free_idx = torch.cat([free_idx, n_shape + torch.arange(N_CLOTH, device=free_idx.device)])
@@ -445,7 +475,8 @@ class Fitter:
         return out
 
     @torch.no_grad()
-    def _coarse_start(self, residuals, shape, free, stand, height_m: float, weight_kg: float | None):
+    def _coarse_start(self, residuals, shape, free, stand, height_m: float, weight_kg: float | None,
+                      extra: torch.Tensor | None = None):
         """The best of a few candidates for stage C to start from: the shape so far and, where
         the body model names a ``mass_search`` pair (Anny: muscle, weight), a grid over the first
         with the second solved (bisection) for the typed mass. The mass surface is only piecewise
@@ -464,8 +495,9 @@ class Fitter:
             X = with_gaps(X)
             return X[int(torch.argmin((residuals(X) ** 2).sum(1)))]
 
+        first = shape[None] if extra is None else torch.cat([shape[None], extra])
         if body.mass_search is None or not all(bool(free[i] > 0) for i in body.mass_search):
-            return best(shape[None])
+            return best(first)
         a, b = body.mass_search
         grid = torch.linspace(0.0, 1.0, self.config.coarse_grid, device=shape.device, dtype=shape.dtype)
         X = shape[None].repeat(len(grid), 1)
@@ -477,7 +509,7 @@ class Fitter:
                 heavy = self._mass(body.clamp_shape(X.clone()), stand, height_m) > weight_kg
                 hi, lo = torch.where(heavy, X[:, b], hi), torch.where(heavy, lo, X[:, b])
             X[:, b] = 0.5 * (lo + hi)
-        return best(torch.cat([shape[None], body.clamp_shape(X)]))
+        return best(torch.cat([first, body.clamp_shape(X)]))
 
     def _mass(self, shape: torch.Tensor, stand: torch.Tensor, height_m: float) -> torch.Tensor:
         """(N, S) → (N,) kg at the given standing height."""
@@ -498,7 +530,7 @@ class Fitter:
 
     @torch.no_grad()
     def _shape_residuals(self, shape, subject: Subject, target: FitTarget, limbs, stand, rot, trans,
-                         K, height_m: float, weight_kg: float | None):
+                         K, height_m: float, weight_kg: float | None, learned=None):
         """The residuals stage C minimises, as a function of candidate shapes (N, S) → (N, R):
         the trunk's width in each trusted band against the mask's (``widths``; read against the
         body's pixel height), the mass against the typed weight, the stature against the shape's
@@ -558,11 +590,30 @@ class Fitter:
                 res.append(((mass - weight_kg) / weight_kg / cfg.sigma_mass)[:, None])
             if body.natural_height:
                 res.append(((1.0 / scale - 1.0) / cfg.sigma_natural_height)[:, None])
-            prior = body.shape_prior(X, subject)
-            res.append(torch.sqrt(cfg.w_shape_solve_prior * prior + 1e-12)[:, None])
+            if learned is not None:  # the learned prediction and its spread
+                res.append((X[:, self.prior_idx] - learned[0]) / learned[1])
+            else:
+                prior = body.shape_prior(X, subject)
+                res.append(torch.sqrt(cfg.w_shape_solve_prior * prior + 1e-12)[:, None])
             return torch.cat(res, 1)
 
         return residuals, info
+
+    @torch.no_grad()
+    def _prior_features(self, shape, free, subject: Subject, target: FitTarget, limbs, stand, rot, trans,
+                        K, height_m: float) -> np.ndarray | None:
+        """The learned prior's features of one photo (``shape_prior.photo_features``) for the body
+        as fitted so far."""
+        def project(x):
+            return x[..., :2] / x[..., 2:3].clamp(min=1e-3) * K[:1] + K[1:]
+
+        st, _, _, to_cam = self._posed_camera(shape[None], limbs, stand, rot, trans, height_m)
+        uv = project(to_cam(st.vertices))[0].cpu().numpy()
+        kp_uv = project(to_cam(st.keypoints))[0].cpu().numpy()
+        wt = W.mask_widths(target.mask, uv, self.part_labels, kp_uv)
+        own = W.mask_widths(W.rasterize(uv, self.body.faces, target.mask.shape), uv, self.part_labels, kp_uv)
+        return photo_features(subject.height_cm, subject.weight_kg, subject.gender, wt, own,
+                              np.asarray(target.keypoints), shape[free > 0].cpu().numpy())
 
     @staticmethod
     def _diagnostics(kp_proj, target: FitTarget, term: _PhotoTerms, cam: Camera, posed) -> dict:

@@ -1,0 +1,102 @@
+"""The fit alone on an eval set: what the photos say (load, detect, segment) is read once and kept
+beside the set (``SET/.observed/``), then only the fit and the measurements run. For tuning the fit
+(``avatar eval run --fit-only``) and for the learned prior's training data (``train_prior``);
+the full ``avatar eval run`` is what the README reports.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from inference.eval.generate import photo_path
+from inference.stages.measure import MEASUREMENTS
+from inference.types import Subject
+
+OBSERVED = ".observed"
+
+
+def observe_set(set_dir: Path, pipe, cases: list[Path], log=print) -> dict[str, dict]:
+    """case name → {"image_size", "keypoints", "mask", "focal_35mm"}, read from the cache or
+    observed now (and cached)."""
+    from inference.pipeline import Job
+
+    cache = Path(set_dir) / OBSERVED
+    cache.mkdir(exist_ok=True)
+    out = {}
+    for case in cases:
+        f = cache / f"{case.name}.npz"
+        if not f.is_file():
+            truth = json.loads((case / "truth.json").read_text())
+            job = Job(photo_path(case), Subject(truth["height_cm"], truth["gender"], truth["weight_kg"]),
+                      case / "unused")
+            st = pipe.observe([job])
+            photo, subject, mask = st["photos"][0], st["subjects"][0], st["masks"][0]
+            tmp = cache / f"{case.name}.tmp.npz"
+            np.savez_compressed(tmp, image_size=np.array(photo.image.shape[1::-1]),
+                                keypoints=subject.keypoints, mask=mask,
+                                focal_35mm=np.array(np.nan if photo.focal_35mm is None else photo.focal_35mm))
+            tmp.rename(f)
+            log(f"{case.name}: observed")
+        d = np.load(f)
+        focal = float(d["focal_35mm"])
+        out[case.name] = {"image_size": tuple(int(x) for x in d["image_size"]), "keypoints": d["keypoints"],
+                          "mask": d["mask"].astype(bool), "focal_35mm": None if np.isnan(focal) else focal}
+    return out
+
+
+def fit_cases(fitter, cases: list[Path], observed: dict[str, dict], subjects: list[Subject],
+              batch: int = 8) -> list:
+    """FitResults for ``cases`` (in order), ``batch`` photos per fit call."""
+    from inference.stages.fit import FitTarget
+
+    results = []
+    for k in range(0, len(cases), batch):
+        targets = [FitTarget(s, o["image_size"], o["keypoints"], o["mask"], o["focal_35mm"])
+                   for s, o in ((subjects[i], observed[cases[i].name]) for i in range(k, min(k + batch, len(cases))))]
+        results.extend(fitter.fit(targets))
+    return results
+
+
+def run_fit_only(set_dir: Path, device: str = "cpu", fit=None, log=print) -> dict:
+    """Exact inputs only; → {"cases", "mean", "max", "bias", "per_case"} (cm)."""
+    from inference.pipeline import Pipeline, PipelineConfig
+    from inference.stages.fit import FitConfig, Fitter
+    from inference.stages.measure import measure
+
+    cases = sorted(p for p in Path(set_dir).glob("case_*") if (p / "truth.json").is_file())
+    pipe = Pipeline(PipelineConfig(device=device, body_model="anny"), log=lambda *_: None)
+    try:
+        observed = observe_set(set_dir, pipe, cases, log)
+        body = pipe.body_for("other")
+        fitter = Fitter(body, fit or FitConfig())
+        truths = [json.loads((c / "truth.json").read_text()) for c in cases]
+        subjects = [Subject(t["height_cm"], t["gender"], t["weight_kg"]) for t in truths]
+        fits = fit_cases(fitter, cases, observed, subjects)
+    finally:
+        pipe.close()
+    per_case, errs = [], {m: [] for m in MEASUREMENTS}
+    for case, t, f in zip(cases, truths, fits):
+        v, kp = f.standard["apose"]
+        got = measure(v, body.faces, kp)
+        signed = {m: round(got[m] - t["measurements"][m], 2) for m in MEASUREMENTS}
+        for m in MEASUREMENTS:
+            errs[m].append(signed[m])
+        per_case.append({"case": case.name, "error_cm": signed, "mass_kg": round(f.mass_kg, 1),
+                         "truth_phenotypes": t["phenotypes"], "shape": f.shape[0].tolist(),
+                         "prior_mean": f.diagnostics.get("prior_mean"),
+                         "prior_features": f.diagnostics.get("prior_features")})
+        log(f"{case.name}: chest/waist/hip {signed['chest']:+.1f}/{signed['waist']:+.1f}/{signed['hip']:+.1f}")
+    return {"cases": len(cases),
+            "mean": {m: round(float(np.mean(np.abs(e))), 2) for m, e in errs.items()},
+            "max": {m: round(float(np.max(np.abs(e))), 2) for m, e in errs.items()},
+            "bias": {m: round(float(np.mean(e)), 2) for m, e in errs.items()},
+            "per_case": per_case}
+
+
+def format_fit_only(r: dict) -> str:
+    names = [m for m in MEASUREMENTS if m != "height"]
+    lines = ["measurement  mean   max   bias", *(f"{m:12s} {r['mean'][m]:5.2f} {r['max'][m]:5.2f} {r['bias'][m]:+5.2f}"
+                                              for m in names)]
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""``avatar eval train-prior``: trains the learned shape prior (``inference/stages/shape_prior.py``)
+from the wide generator's renders, by one command, reproducibly:
+
+1. ``make-set`` the ``prior-train`` split (its seed differs from dev, test, studio and calib);
+2. observe every photo (load, detect, segment) and run the fit up to stage C with the prior off,
+   recording each photo's features; half the photos get the true height and weight, half the
+   inputs a user a little off would type (``perturbed_input``), so the prior learns how far to
+   trust them;
+3. ridge regressions, features → the true shape parameters (with and without the typed weight),
+   penalties by cross-validation, written with their cross-validated spreads.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from inference.eval.fitonly import fit_cases, observe_set
+from inference.eval.splits import SPLITS
+from inference.stages.shape_prior import PRIOR_FILE, fit_ridge
+from inference.types import Subject
+
+OUTPUTS = ("age", "muscle", "weight", "height", "proportions")
+BMI_COLUMN = 2  # in ``photo_features``: dropped for the model without a typed weight
+
+
+def collect(set_dir: Path, n: int, device: str = "cpu", log=print) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The first ``n`` cases → features (N, F), true shape parameters (N, len(OUTPUTS)), case
+    names. Each case's features are kept in ``set_dir/.features/`` as they come (a larger ``n``
+    reuses them; delete the folder after changing the features or the fit)."""
+    from inference.pipeline import Pipeline, PipelineConfig
+    from inference.stages.fit import FitConfig, Fitter
+
+    cache = set_dir / ".features"
+    cache.mkdir(exist_ok=True)
+    cases = sorted(p for p in set_dir.glob("case_*") if (p / "truth.json").is_file())[:n]
+    truths = {c.name: json.loads((c / "truth.json").read_text()) for c in cases}
+    todo = [c for c in cases if not (cache / f"{c.name}.json").is_file()]
+    if todo:
+        pipe = Pipeline(PipelineConfig(device=device, body_model="anny"), log=lambda *_: None)
+        try:
+            observed = observe_set(set_dir, pipe, todo, log)
+            fitter = Fitter(pipe.body_for("other"),
+                            FitConfig(shape_solve=False, learned_prior=False, record_prior_features=True))
+            for k in range(0, len(todo), 8):
+                part = todo[k:k + 8]
+                subjects = []
+                for c in part:
+                    t = truths[c.name]
+                    # even cases: the true inputs; odd: what a user a little off would type
+                    typed = t if int(c.name.split("_")[1]) % 2 == 0 else t["perturbed_input"]
+                    subjects.append(Subject(typed["height_cm"], t["gender"], typed["weight_kg"]))
+                for c, f in zip(part, fit_cases(fitter, part, observed, subjects)):
+                    (cache / f"{c.name}.json").write_text(json.dumps(f.diagnostics.get("prior_features")))
+                log(f"features: {min(k + 8, len(todo))} of {len(todo)} photos")
+        finally:
+            pipe.close()
+    X, Y, names = [], [], []
+    for c in cases:
+        feats = json.loads((cache / f"{c.name}.json").read_text())
+        if feats is None:  # too few trusted bands: no learned prior for such a photo
+            continue
+        X.append(feats)
+        Y.append([truths[c.name]["phenotypes"][o] for o in OUTPUTS])
+        names.append(c.name)
+    return np.asarray(X), np.asarray(Y), names
+
+
+def train_prior(work_dir: Path, out: Path = PRIOR_FILE, n: int | None = None, device: str = "cpu",
+                log=print) -> dict:
+    """Make (or reuse) the training set under ``work_dir``, collect its features, fit and write
+    the prior to ``out``; → the written document."""
+    from inference.eval.generate import make_set
+
+    split = SPLITS["prior-train"]
+    n = n or split.n
+    # the cases of a seed come in the same order whatever n: a larger set extends a smaller one
+    set_dir = Path(work_dir) / f"{split.preset}-{split.seed}"
+    if not (set_dir / f"case_{n - 1:03d}" / "truth.json").is_file():
+        make_set(set_dir, n=n, seed=split.seed, preset=split.preset, log=log)
+    X, Y, names = collect(set_dir, n, device, log)
+    with_w, info_w = fit_ridge(X, Y)
+    no_w, info_nw = fit_ridge(np.delete(X, BMI_COLUMN, 1), Y)
+    doc = {
+        "about": "learned shape prior for the Anny body (inference/stages/shape_prior.py); "
+                 "rebuild: avatar eval train-prior",
+        "outputs": list(OUTPUTS),
+        "trained_on": {"preset": split.preset, "seed": split.seed, "photos": len(names)},
+        "cv": {"weight": info_w, "no_weight": info_nw},
+        "models": {"weight": _rounded(with_w.to_json()), "no_weight": _rounded(no_w.to_json())},
+    }
+    Path(out).write_text(json.dumps(doc, indent=1) + "\n")
+    log(f"wrote {out}: {len(names)} photos; cross-validated RMSE per output "
+        + ", ".join(f"{o} {e:.3f}" for o, e in zip(OUTPUTS, info_w["cv_rmse"])))
+    return doc
+
+
+def _rounded(d: dict) -> dict:
+    def r(v):
+        return np.round(np.asarray(v, np.float64), 6).tolist() if isinstance(v, list) else v
+    return {k: r(v) for k, v in d.items()}

@@ -1,0 +1,135 @@
+"""A learned prior on the body's shape from what one photo shows (part of stage 4, fit).
+
+Optimisation alone reads the silhouette as the body's outline; on a clothed person it is the
+clothes'. How much wider than the body clothes usually are, and how muscle, fat, age and
+proportions show in a front silhouette, is learned here from the wide eval generator's renders
+(``avatar eval train-prior``; training seeds are disjoint from the dev, test, studio and calib
+splits): a ridge regression from the photo's features (below) to the body model's free shape
+parameters, with the spread of its cross-validated errors. The fitter's stage C then pulls the
+shape toward the prediction by that spread instead of toward the population's middle.
+
+Features of one photo, read after stage B (pose and camera fitted), all scale-free or in cm:
+- the typed height (m), the body-mass index (with a weight; a second model has none) and gender;
+- the trunk's width in each of ``widths.N_BANDS`` bands (``widths.mask_widths``, in cm against the
+  silhouette's height and the typed height); an untrusted band takes the stage-B body's own
+  width there plus the median mask-minus-body offset of the trusted ones;
+- the detector's shoulder and hip spans and the torso and leg lengths against the silhouette's
+  height;
+- stage B's shape (its free parameters).
+The model is a small JSON file (``inference/bodies/anny_shape_prior.json``) the project trains.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from inference.bodies.base import L_ANKLE, L_HIP, L_SHOULDER, R_ANKLE, R_HIP, R_SHOULDER
+from inference.stages import widths as W
+
+PRIOR_FILE = Path(__file__).resolve().parents[1] / "bodies" / "anny_shape_prior.json"
+GENDER_VALUE = {"male": 0.0, "female": 1.0, "other": 0.5}
+
+
+def photo_features(height_cm: float, weight_kg: float | None, gender: str, mask_w: W.WidthTarget,
+                   own_w: W.WidthTarget, keypoints: np.ndarray, stage_b_shape: np.ndarray) -> np.ndarray | None:
+    """→ (F,) features (see the module's docstring), or None when the silhouette gives too few
+    trusted bands (then there is no learned prior for this photo). ``own_w``: the same reading on
+    the stage-B body's own rasterised silhouette; ``keypoints``: (17, 3) detector pixels +
+    confidence; ``stage_b_shape``: the free shape parameters after stage B."""
+    valid = mask_w.valid & own_w.valid
+    if valid.sum() < 3 or not np.isfinite(mask_w.height_px) or mask_w.height_px <= 0:
+        return None
+    cm = height_cm / mask_w.height_px
+    mask_cm = mask_w.width_px * cm
+    own_cm = own_w.width_px * (height_cm / own_w.height_px)
+    offset = float(np.median((mask_cm - own_cm)[valid]))
+    filled = np.where(valid, mask_cm, own_cm + offset)
+    if not np.all(np.isfinite(filled)):  # a band the body does not reach either: nearest trusted
+        idx = np.flatnonzero(np.isfinite(filled))
+        filled = np.interp(np.arange(len(filled)), idx, filled[idx])
+    kp = keypoints
+    ph = mask_w.height_px
+    span = lambda a, b: abs(kp[a, 0] - kp[b, 0]) / ph  # noqa: E731
+    mid = lambda a, b: 0.5 * (kp[a, 1] + kp[b, 1])  # noqa: E731
+    geometry = [span(L_SHOULDER, R_SHOULDER), span(L_HIP, R_HIP),
+                (mid(L_HIP, R_HIP) - mid(L_SHOULDER, R_SHOULDER)) / ph,
+                (mid(L_ANKLE, R_ANKLE) - mid(L_HIP, R_HIP)) / ph]
+    typed = [height_cm / 100.0, GENDER_VALUE.get(gender, 0.5)]
+    if weight_kg is not None:
+        typed.append(weight_kg / (height_cm / 100.0) ** 2)
+    return np.concatenate([typed, filled, geometry, stage_b_shape]).astype(np.float64)
+
+
+@dataclass
+class RidgeModel:
+    """y = ((x - x_mean) / x_std) @ coef + intercept, per output; ``sigma``: cross-validated
+    error spread per output."""
+
+    x_mean: np.ndarray
+    x_std: np.ndarray
+    coef: np.ndarray  # (F, P)
+    intercept: np.ndarray  # (P,)
+    sigma: np.ndarray  # (P,)
+    alpha: float
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.x_mean) / self.x_std) @ self.coef + self.intercept
+
+    def to_json(self) -> dict:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "RidgeModel":
+        return cls(**{k: (np.asarray(v, np.float64) if isinstance(v, list) else v) for k, v in d.items()})
+
+
+def fit_ridge(X: np.ndarray, Y: np.ndarray, alphas=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0),
+              folds: int = 5, seed: int = 0) -> tuple[RidgeModel, dict]:
+    """Ridge regression (N, F) → (N, P) with the penalty chosen by ``folds``-fold cross-validation;
+    the returned model is refitted on all rows, its ``sigma`` the chosen penalty's CV RMSE."""
+    n = len(X)
+    order = np.random.default_rng(seed).permutation(n)
+    fold = np.empty(n, int)
+    fold[order] = np.arange(n) % folds
+
+    def solve(Xa, Ya, alpha):
+        mu, sd = Xa.mean(0), Xa.std(0) + 1e-9
+        Z = (Xa - mu) / sd
+        ym = Ya.mean(0)
+        coef = np.linalg.solve(Z.T @ Z + alpha * np.eye(Z.shape[1]), Z.T @ (Ya - ym))
+        return mu, sd, coef, ym
+
+    scores = {}
+    for alpha in alphas:
+        err = np.zeros_like(Y)
+        for k in range(folds):
+            tr, te = fold != k, fold == k
+            mu, sd, coef, ym = solve(X[tr], Y[tr], alpha)
+            err[te] = ((X[te] - mu) / sd) @ coef + ym - Y[te]
+        scores[alpha] = np.sqrt((err**2).mean(0))
+    best = min(alphas, key=lambda a: float(scores[a].mean()))
+    mu, sd, coef, ym = solve(X, Y, best)
+    model = RidgeModel(mu, sd, coef, ym, scores[best], float(best))
+    return model, {"alpha": best, "cv_rmse": scores[best].round(4).tolist(),
+                   "cv_rmse_by_alpha": {str(a): round(float(s.mean()), 4) for a, s in scores.items()}}
+
+
+class ShapePrior:
+    """The trained models for one body model: with and without a typed weight."""
+
+    def __init__(self, doc: dict):
+        self.doc = doc
+        self.outputs: list[str] = doc["outputs"]  # shape parameter names, in the model's order
+        self.models = {k: RidgeModel.from_json(v) for k, v in doc["models"].items()}
+
+    @classmethod
+    def load(cls, path: Path = PRIOR_FILE) -> "ShapePrior | None":
+        return cls(json.loads(Path(path).read_text())) if Path(path).is_file() else None
+
+    def predict(self, features: np.ndarray, with_weight: bool) -> tuple[np.ndarray, np.ndarray]:
+        """→ (mean, sigma) of the ``outputs`` shape parameters."""
+        m = self.models["weight" if with_weight else "no_weight"]
+        return m.predict(features[None])[0], m.sigma

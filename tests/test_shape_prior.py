@@ -1,0 +1,100 @@
+"""The learned shape prior: its regression, its features, the packaged model the fitter loads."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from inference.stages import widths as W
+from inference.stages.shape_prior import PRIOR_FILE, RidgeModel, ShapePrior, fit_ridge, photo_features
+
+
+def test_ridge_recovers_a_linear_map_and_states_its_error_spread():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 6)) * [1, 10, 0.1, 1, 1, 1]  # features on very different scales
+    true = rng.normal(size=(6, 2))
+    Y = (X / [1, 10, 0.1, 1, 1, 1]) @ true + [0.5, -0.2] + rng.normal(scale=[0.05, 0.2], size=(400, 2))
+    model, info = fit_ridge(X, Y)
+    X_new = rng.normal(size=(50, 6)) * [1, 10, 0.1, 1, 1, 1]
+    want = (X_new / [1, 10, 0.1, 1, 1, 1]) @ true + [0.5, -0.2]
+    assert np.abs(model.predict(X_new) - want).max() < 0.1
+    assert model.sigma == pytest.approx([0.05, 0.2], rel=0.25)
+    assert info["alpha"] in (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+    again = RidgeModel.from_json(json.loads(json.dumps(model.to_json())))
+    assert np.allclose(again.predict(X_new), model.predict(X_new))
+
+
+def _widths(width_px, valid, height_px=1000.0):
+    return W.WidthTarget(edges=np.arange(W.N_BANDS + 1, dtype=float), width_px=np.asarray(width_px, float),
+                         valid=np.asarray(valid), height_px=height_px)
+
+
+def _keypoints():
+    kp = np.zeros((17, 3))
+    kp[:, 2] = 1.0
+    kp[5, :2], kp[6, :2] = (620, 300), (380, 300)  # shoulders
+    kp[11, :2], kp[12, :2] = (570, 600), (430, 600)  # hips
+    kp[15, :2], kp[16, :2] = (560, 1050), (440, 1050)  # ankles
+    return kp
+
+
+def test_features_are_in_cm_and_fill_untrusted_bands_from_the_body():
+    n = W.N_BANDS
+    mask_px = np.full(n, 200.0)
+    own_px = np.full(n, 180.0)
+    valid = np.ones(n, bool)
+    valid[:5] = False
+    mask_px[:5] = np.nan  # the arm touched the trunk there
+    own_px[:5] = 150.0
+    f = photo_features(180.0, 80.0, "male", _widths(mask_px, valid), _widths(own_px, np.ones(n, bool)),
+                       _keypoints(), np.array([0.8, 0.5, 0.5, 0.5, 0.5]))
+    assert f.shape == (3 + n + 4 + 5,)
+    assert f[:3] == pytest.approx([1.8, 0.0, 80 / 1.8**2])
+    widths = f[3:3 + n]
+    assert widths[5:] == pytest.approx(200.0 * 0.18)  # 200 px of a 1000 px tall 180 cm person
+    # untrusted: the body's own width plus the trusted bands' median offset (20 px)
+    assert widths[:5] == pytest.approx((150.0 + 20.0) * 0.18)
+    assert f[3 + n:3 + n + 4] == pytest.approx([0.24, 0.14, 0.3, 0.45])
+    without = photo_features(180.0, None, "male", _widths(mask_px, valid), _widths(own_px, np.ones(n, bool)),
+                             _keypoints(), np.array([0.8, 0.5, 0.5, 0.5, 0.5]))
+    assert np.allclose(np.delete(f, 2), without)
+
+
+def test_no_features_without_enough_trusted_bands():
+    n = W.N_BANDS
+    valid = np.zeros(n, bool)
+    valid[:2] = True
+    assert photo_features(170.0, 60.0, "female", _widths(np.full(n, 100.0), valid),
+                          _widths(np.full(n, 100.0), np.ones(n, bool)), _keypoints(), np.zeros(5)) is None
+
+
+def test_the_packaged_prior_matches_the_body_model_and_the_features():
+    from inference.bodies.anny_body import PHENOTYPES
+
+    prior = ShapePrior.load()
+    assert prior is not None, f"{PRIOR_FILE} is missing: `avatar eval train-prior WORK_DIR` makes it"
+    assert set(prior.outputs) <= set(PHENOTYPES) and "gender" not in prior.outputs
+    n_feat = 3 + W.N_BANDS + 4 + 5
+    assert len(prior.models["weight"].x_mean) == n_feat
+    assert len(prior.models["no_weight"].x_mean) == n_feat - 1
+    assert np.all(prior.models["weight"].sigma > 0) and np.all(prior.models["weight"].sigma < 0.5)
+    assert PRIOR_FILE.stat().st_size < 2_000_000
+    # the training set is none of the eval splits
+    from inference.eval.splits import SPLITS
+
+    seed = prior.doc["trained_on"]["seed"]
+    assert seed == SPLITS["prior-train"].seed
+    assert all(s.seed != seed for name, s in SPLITS.items() if name != "prior-train")
+
+
+@pytest.mark.slow
+def test_train_prior_is_one_command(tmp_path):
+    out = tmp_path / "prior.json"
+    r = subprocess.run([sys.executable, "-m", "inference.cli", "eval", "train-prior", tmp_path / "work",
+                        "--n", "6", "--out", out], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    prior = ShapePrior.load(out)
+    assert prior.doc["trained_on"]["photos"] >= 4
+    mean, sigma = prior.predict(np.asarray(prior.models["weight"].x_mean), with_weight=True)
+    assert mean.shape == sigma.shape == (len(prior.outputs),)
