@@ -334,13 +334,13 @@ class Fitter:
                 if shape_free:
                     with torch.no_grad():
                         shape_var.copy_(body.clamp_shape(shape_var))
-                history.append(float(loss.detach()))
+                history.append(loss.detach())  # read once at the end: no host sync per step
             with torch.no_grad():
                 sh = body.clamp_shape(shape_var * free + fixed_shape * (1 - free))
             return sh, limbs.detach(), rot.detach(), trans.detach()
 
         # -- stage B: everything
-        history: list[float] = []
+        history: list[torch.Tensor] = []
         iters = cfg.iterations if use_photo else max(40, cfg.iterations // 2)
         sh, limbs, rot, trans = stage_b(shape, limbs, rot, trans, iters, True)
         solve_info: list[dict] = [{} for _ in targets]
@@ -384,7 +384,7 @@ class Fitter:
                     cam = _front_camera(posed, w_img, h_img, f)
                     kp_proj = np.zeros((17, 2))
                     diag = {}
-                diag["loss_first"], diag["loss_last"] = history[0], history[-1]
+                diag["loss_first"], diag["loss_last"] = float(history[0]), float(history[-1])
                 diag["iterations"] = iters
                 diag.update(solve_info[i])
                 mass = float(out["mass"][i])
