@@ -243,9 +243,13 @@ class Fitter:
             return self._scale_and_mass(body.posed(shape_, apose).vertices, heights)
 
         def forward(shape_, limbs_, rot_, trans_, photo=True, scale_mass=None):
-            st = body.posed(shape_, limbs_)
+            if scale_mass is None:  # the photo pose and the standing A-pose in one body forward
+                st, st_stand = body.posed_many(shape_, (limbs_, apose))
+                scale_mass = self._scale_and_mass(st_stand.vertices, heights)
+            else:
+                st = body.posed(shape_, limbs_)
             posed = st.vertices
-            scale, mass = scale_mass if scale_mass is not None else standing(shape_)
+            scale, mass = scale_mass
             out = {"scale": scale, "mass": mass}
             if photo:
                 # centre the body on its pelvis so the translation is the pelvis position
@@ -320,7 +324,12 @@ class Fitter:
                     for i, term in enumerate(terms):
                         d_out = term.sample_outside(uv_v[i]) / pix_h[i]
                         loss = loss + cfg.w_inside * 100.0 * (d_out**2).mean()
-                        d_cover = torch.cdist(term.contour, uv_v[i]).amin(1) / pix_h[i]
+                        # each contour point's nearest vertex, then its distance: the minimum
+                        # over all distances (and its gradient) without a backward through the
+                        # (contour × vertices) distance matrix
+                        with torch.no_grad():
+                            nearest = torch.cdist(term.contour, uv_v[i]).argmin(1)
+                        d_cover = (term.contour - uv_v[i][nearest]).norm(dim=-1) / pix_h[i]
                         loss = loss + cfg.w_cover * 100.0 * (d_cover**2).mean()
                     excess = (limbs - self.limb_hi).clamp(min=0) + (self.limb_lo - limbs).clamp(min=0)
                     loss = loss + cfg.w_limits * 100.0 * (excess**2).sum()
