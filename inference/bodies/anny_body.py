@@ -21,6 +21,8 @@ GENDER_VALUE = {"male": 0.0, "female": 1.0, "other": 0.5}
 # Anny's age axis: 0.77 ≈ 18 years, 0.83 ≈ 64 years (its shape_calibration mapping).
 ADULT_AGE = (0.77, 0.86)
 DEFAULT_AGE = 0.80
+HEIGHT_GRID = 17  # height phenotypes at which initial_shape evaluates the body (one batched forward)
+HEIGHT_NEAR = 6e-5  # initial_shape's bisection runs the body only this close to the grid's estimate
 LIMB_BONES = {
     "spine": "spine03", "neck": "neck01",
     "left_upper_arm": "upperarm01.L", "right_upper_arm": "upperarm01.R",
@@ -77,6 +79,11 @@ class AnnyBody(BodyModel):
         self._n_bones = len(self.model.bone_labels)
         w = self.regressor.regression_weights[:17].to(self.dtype)
         self._kp_weights = w  # (17, V)
+        self._eye4 = torch.eye(4, device=self.device, dtype=self.dtype)
+        self._no_inputs = torch.zeros(1, 0, device=self.device, dtype=self.dtype)
+        # the shape-only part of the last few forwards of shapes that need no gradient (see
+        # ``_rest_model``): a tuple of (shape, rest) pairs, replaced as a whole (thread-safe reads)
+        self._rest_cache: tuple = ()
 
     # ---- shape ----------------------------------------------------------------------------
     def initial_shape(self, subject: Subject) -> torch.Tensor:
@@ -84,15 +91,42 @@ class AnnyBody(BodyModel):
             [[GENDER_VALUE[subject.gender], DEFAULT_AGE, 0.5, 0.5, 0.5, 0.5]],
             device=self.device, dtype=self.dtype,
         )
-        # pick the height phenotype whose natural height is the subject's (bisection, monotone)
-        lo, hi = 0.0, 1.0
+        # pick the height phenotype whose natural height is the subject's: an 18-step bisection
+        # (the height grows with the phenotype). Most of its steps are decided without a body
+        # forward: one batched forward over a grid of heights, interpolated, places the answer
+        # within ~1e-5 (the grid spacing squared; the height is smooth in the phenotype, not
+        # linear), and a step whose midpoint lies further than NEAR from that estimate goes the
+        # way the estimate says. Only the last few steps, near the answer, run the body (as
+        # before, one shape at a time), so the result is the plain bisection's, bit for bit.
+        grid = torch.linspace(0.0, 1.0, HEIGHT_GRID, dtype=torch.float64)
+        shapes = shape.repeat(HEIGHT_GRID, 1)
+        shapes[:, 4] = grid.to(self.dtype)
+        with torch.no_grad():
+            y = self.rest(shapes).vertices[..., 1].to(device="cpu", dtype=torch.float64)  # (G, V)
+
+        def estimated_height(h: float) -> float:
+            k = min(max(int(torch.searchsorted(grid, torch.tensor(h, dtype=torch.float64))), 1),
+                    HEIGHT_GRID - 1)
+            t = (h - float(grid[k - 1])) / float(grid[k] - grid[k - 1])
+            yh = y[k - 1] + t * (y[k] - y[k - 1])
+            return float(yh.max() - yh.min())
+
         target = subject.height_cm / 100.0
+        lo, hi = 0.0, 1.0
+        for _ in range(40):  # the estimate's own bisection
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if estimated_height(mid) < target else (lo, mid)
+        estimate = 0.5 * (lo + hi)
+        lo, hi = 0.0, 1.0
         with torch.no_grad():
             for _ in range(18):
                 mid = 0.5 * (lo + hi)
-                shape[0, 4] = mid
-                h = float(self.rest_height(self.rest(shape).vertices)[0])
-                lo, hi = (mid, hi) if h < target else (lo, mid)
+                if abs(mid - estimate) > HEIGHT_NEAR:
+                    below = mid < estimate
+                else:
+                    shape[0, 4] = mid
+                    below = float(self.rest_height(self.rest(shape).vertices)[0]) < target
+                lo, hi = (mid, hi) if below else (lo, mid)
         shape[0, 4] = 0.5 * (lo + hi)
         return shape
 
@@ -117,30 +151,77 @@ class AnnyBody(BodyModel):
         return x @ self._m.T
 
     def posed(self, shape: torch.Tensor, limbs: torch.Tensor | None = None) -> BodyState:
-        batch = shape.shape[0]
-        pose = None
-        if limbs is not None:
-            from inference.bodies.base import rotvec_to_matrix
+        return self.posed_many(shape, (limbs,))[0]
 
-            rv_anny = limbs @ self._m  # canonical axis-angle → Anny axes (M^T v, row form)
-            rot = rotvec_to_matrix(rv_anny)  # (B, L, 3, 3)
-            eye = torch.eye(4, device=self.device, dtype=self.dtype)
-            pose = eye.repeat(batch, self._n_bones, 1, 1)
-            top = torch.cat([rot, torch.zeros(*rot.shape[:-1], 1, device=self.device, dtype=self.dtype)], -1)
-            bottom = eye[3:].expand(batch, len(LIMBS), 1, 4)
-            pose = pose.index_copy(1, self._bone_index, torch.cat([top, bottom], -2))
-        out = self.model(pose_parameters=pose, phenotype_kwargs=shape)
+    def posed_many(self, shape: torch.Tensor, poses) -> list[BodyState]:
+        """Anny's forward (``anny.Anny.forward``: phenotypes → blendshapes → rest mesh and
+        bones → kinematics → skinning), split so that the shape-only part (the rest model, most
+        of the cost) runs once for all ``poses`` and is reused across calls for a shape that
+        needs no gradient (``_rest_model``); the posed part runs once at batch len(poses) × B."""
+        batch = shape.shape[0]
+        root, rest, floor, rest_bone_poses, rest_vertices = self._rest_model(shape)
+        deltas = [self._pose_matrices(limbs, batch) for limbs in poses]
+        n = len(poses)
+        if n == 1:
+            pose = deltas[0]
+        else:  # identity deltas (``limbs`` None) come as batch 1: expand them to the shape's
+            pose = torch.cat([d.expand(batch, -1, -1, -1) for d in deltas], 0)
+            rest_bone_poses = rest_bone_poses.repeat(n, 1, 1, 1)
+            rest_vertices = rest_vertices.repeat(n, 1, 1)
+        # the same calls as anny's RiggedModelWithLinearBlendShapes.forward
+        bone_transforms, _ = self.model.get_bone_transforms(pose, rest_bone_poses)
+        skinned = self.model.get_skinned_vertices(
+            rest_vertices.expand(bone_transforms.shape[0], -1, -1), bone_transforms)
         # Anny places the root bone at the origin when posing; the rest mesh keeps it where it
         # stands. Shift so the rest soles are on y = 0 in both.
-        root = self._to_canon(out["rest_bone_poses"][:, 0, :3, 3])
-        rest = self._to_canon(out["rest_vertices"])
+        zero = torch.zeros_like(floor)
+        shift = torch.stack([zero, floor - root[:, 1], zero], -1)[:, None]
+        verts = self._to_canon(skinned) - (shift.repeat(n, 1, 1) if n > 1 else shift)
+        keypoints = self.keypoints_from_vertices(verts)
+        return [BodyState(vertices=verts[i * batch:(i + 1) * batch],
+                          keypoints=keypoints[i * batch:(i + 1) * batch], rest_vertices=rest)
+                for i in range(n)] if n > 1 else [BodyState(verts, keypoints, rest)]
+
+    def _pose_matrices(self, limbs: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """(B, L, 3) limb axis-angles → Anny's (B, bones, 4, 4) delta transforms (identity but
+        at the limbs' bones); None → identity, batch 1 (as Anny's forward takes no pose)."""
+        if limbs is None:
+            return self._eye4[None, None].expand(1, self._n_bones, 4, 4)
+        from inference.bodies.base import rotvec_to_matrix
+
+        rv_anny = limbs @ self._m  # canonical axis-angle → Anny axes (M^T v, row form)
+        rot = rotvec_to_matrix(rv_anny)  # (B, L, 3, 3)
+        eye = self._eye4
+        pose = eye.repeat(batch, self._n_bones, 1, 1)
+        top = torch.cat([rot, torch.zeros(*rot.shape[:-1], 1, device=self.device, dtype=self.dtype)], -1)
+        bottom = eye[3:].expand(batch, len(LIMBS), 1, 4)
+        return pose.index_copy(1, self._bone_index, torch.cat([top, bottom], -2))
+
+    def _rest_model(self, shape: torch.Tensor):
+        """The part of Anny's forward that depends on the shape alone: → (root (B, 3) canonical,
+        rest mesh (B, V, 3) canonical with the soles on y = 0, floor (B,), Anny's rest bone
+        poses (B, bones, 4, 4), Anny's rest vertices (B, V, 3)). Remembered for the last few
+        shapes that need no gradient: the fit poses one shape many times (stage B with the
+        shape fixed; stage C's photo pose and standing pose of the same candidates)."""
+        cacheable = not shape.requires_grad
+        if cacheable:
+            for key, value in self._rest_cache:
+                if key.shape == shape.shape and torch.equal(key, shape):
+                    return value
+        m = self.model
+        # as anny.Anny.forward: no local changes, no facial actions (empty inputs)
+        coeffs = m._get_phenotype_blendshape_coefficients(shape, self._no_inputs, self._no_inputs)
+        rest_model = m.get_rest_model(coeffs)
+        rest_bone_poses, rest_vertices = rest_model["rest_bone_poses"], rest_model["rest_vertices"]
+        root = self._to_canon(rest_bone_poses[:, 0, :3, 3])
+        rest = self._to_canon(rest_vertices)
         floor = rest[..., 1].amin(-1)  # (B,)
         zero = torch.zeros_like(floor)
         rest = rest - torch.stack([zero, floor, zero], -1)[:, None]
-        verts = self._to_canon(out["vertices"])
-        verts = verts - torch.stack([zero, floor - root[:, 1], zero], -1)[:, None]
-        return BodyState(vertices=verts, keypoints=self.keypoints_from_vertices(verts),
-                         rest_vertices=rest)
+        value = (root, rest, floor, rest_bone_poses, rest_vertices)
+        if cacheable:
+            self._rest_cache = ((shape.clone(), value),) + self._rest_cache[:1]
+        return value
 
     def keypoints_from_vertices(self, vertices: torch.Tensor) -> torch.Tensor:
         return torch.einsum("kv,bvd->bkd", self._kp_weights.to(vertices.dtype), vertices)

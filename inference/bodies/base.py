@@ -82,6 +82,11 @@ class BodyModel(ABC):
     def posed(self, shape: torch.Tensor, limbs: torch.Tensor | None = None) -> BodyState:
         """Vertices and COCO keypoints for ``shape`` (B, S) and ``limbs`` (B, len(LIMBS), 3)."""
 
+    def posed_many(self, shape: torch.Tensor, poses) -> list[BodyState]:
+        """``posed`` of one shape (B, S) in several poses (each (B, L, 3) or None), as a list;
+        a model may share the shape-only work between them (Anny does)."""
+        return [self.posed(shape, limbs) for limbs in poses]
+
     @abstractmethod
     def keypoints_from_vertices(self, vertices: torch.Tensor) -> torch.Tensor:
         """(B, V, 3) → (B, 17, 3): the model's (linear) COCO keypoint regressor."""

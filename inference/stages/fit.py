@@ -255,9 +255,13 @@ class Fitter:
             return self._scale_and_mass(body.posed(shape_, apose).vertices, heights)
 
         def forward(shape_, limbs_, rot_, trans_, photo=True, scale_mass=None):
-            st = body.posed(shape_, limbs_)
+            if scale_mass is None:  # the photo pose and the standing A-pose in one body forward
+                st, st_stand = body.posed_many(shape_, (limbs_, apose))
+                scale_mass = self._scale_and_mass(st_stand.vertices, heights)
+            else:
+                st = body.posed(shape_, limbs_)
             posed = st.vertices
-            scale, mass = scale_mass if scale_mass is not None else standing(shape_)
+            scale, mass = scale_mass
             out = {"scale": scale, "mass": mass}
             if photo:
                 # centre the body on its pelvis so the translation is the pelvis position
@@ -332,7 +336,12 @@ class Fitter:
                     for i, term in enumerate(terms):
                         d_out = term.sample_outside(uv_v[i]) / pix_h[i]
                         loss = loss + cfg.w_inside * 100.0 * (d_out**2).mean()
-                        d_cover = torch.cdist(term.contour, uv_v[i]).amin(1) / pix_h[i]
+                        # each contour point's nearest vertex, then its distance: the minimum
+                        # over all distances (and its gradient) without a backward through the
+                        # (contour × vertices) distance matrix
+                        with torch.no_grad():
+                            nearest = torch.cdist(term.contour, uv_v[i]).argmin(1)
+                        d_cover = (term.contour - uv_v[i][nearest]).norm(dim=-1) / pix_h[i]
                         loss = loss + cfg.w_cover * 100.0 * (d_cover**2).mean()
                     excess = (limbs - self.limb_hi).clamp(min=0) + (self.limb_lo - limbs).clamp(min=0)
                     loss = loss + cfg.w_limits * 100.0 * (excess**2).sum()
@@ -346,13 +355,13 @@ class Fitter:
                 if shape_free:
                     with torch.no_grad():
                         shape_var.copy_(body.clamp_shape(shape_var))
-                history.append(float(loss.detach()))
+                history.append(loss.detach())  # read once at the end: no host sync per step
             with torch.no_grad():
                 sh = body.clamp_shape(shape_var * free + fixed_shape * (1 - free))
             return sh, limbs.detach(), rot.detach(), trans.detach()
 
         # -- stage B: everything
-        history: list[float] = []
+        history: list[torch.Tensor] = []
         iters = cfg.iterations if use_photo else max(40, cfg.iterations // 2)
         sh, limbs, rot, trans = stage_b(shape, limbs, rot, trans, iters, True)
         solve_info: list[dict] = [{} for _ in targets]
@@ -409,7 +418,7 @@ class Fitter:
                     cam = _front_camera(posed, w_img, h_img, f)
                     kp_proj = np.zeros((17, 2))
                     diag = {}
-                diag["loss_first"], diag["loss_last"] = history[0], history[-1]
+                diag["loss_first"], diag["loss_last"] = float(history[0]), float(history[-1])
                 diag["iterations"] = iters
                 diag.update(solve_info[i])
                 mass = float(out["mass"][i])
