@@ -63,6 +63,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
                     help="a FitConfig field for this run (ablations, before/after), e.g. cloth_gap=false")
     er.add_argument("--fit-only", action="store_true", help="exact inputs only, the fit and the "
                     "measurements alone on cached observations (for tuning; the README reports the full run)")
+    er.add_argument("--inputs", choices=("exact", "perturbed"), default="exact",
+                    help="with --fit-only: the true inputs or those off by ±2 cm/±5 kg")
     et = esub.add_parser("train-prior", help="train the learned shape prior from generated renders "
                          "(the prior-train split) and write it into the package")
     et.add_argument("work_dir", type=Path, help="where the training renders and features are kept")
@@ -278,7 +280,8 @@ def _eval(args) -> int:
     if args.fit_only:
         from inference.eval.fitonly import format_fit_only, run_fit_only
 
-        report = run_fit_only(args.set_dir, device=args.device, fit=evaluation.fit_config(args.fit_overrides))
+        report = run_fit_only(args.set_dir, device=args.device, fit=evaluation.fit_config(args.fit_overrides),
+                              inputs=args.inputs)
         print(format_fit_only(report))
         if args.json_out:
             args.json_out.write_text(json.dumps(report, indent=2))

@@ -82,7 +82,10 @@ class FitConfig:
     shape_solve: bool = True
     shape_iterations: int = 12
     coarse_grid: int = 7  # muscle values tried before stage C (see Fitter._coarse_start)
-    sigma_width_cm: float = 0.5  # per band
+    # per band; wide: with the learned prior the photo's widths inform the shape through it too,
+    # and a loose silhouette must not outvote it (dev, chest/waist/hip mean: σ 0.5 → 2.5 cm,
+    # 1.88/1.85/1.83 → 1.40/1.37/1.22)
+    sigma_width_cm: float = 2.5
     # bands further off than this many sigmas count linearly, not squared: an arm or a shadow
     # that the segmenter joined to the trunk must not decide the shape
     width_huber: float = 3.0
