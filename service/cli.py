@@ -121,13 +121,14 @@ def _worker(args) -> int:
         os.environ["WORKER_WARMUP"] = "false"
     if args.backend:
         os.environ["BACKEND"] = args.backend
-    from arq.worker import run_worker
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     import gpu_worker
     from service import queue
     from service.settings import get_settings
+    from service.waking import run_worker
 
+    gpu_worker.lower_priority(get_settings().worker_nice)  # before any thread starts: they all inherit it
     url = get_settings().redis_url
     if get_settings().backend == "runpod":
         from service.backends import runpod_worker as worker_module

@@ -170,6 +170,12 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+def read_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for a single read (a status poll): autocommit, so the read is one statement on
+    the wire, without the BEGIN and ROLLBACK round trips a transaction adds around it."""
+    return async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+
+
 def _ensure_sqlite_dir(url: str) -> None:
     from pathlib import Path
 

@@ -21,6 +21,7 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     storage: FileStorage | S3Storage
     redis: ArqRedis
+    reads: async_sessionmaker[AsyncSession]  # single reads (autocommit): status polls, key checks
 
     def base_url(self, request: Request) -> str:
         return (self.settings.public_base_url or str(request.base_url)).rstrip("/")
@@ -58,7 +59,7 @@ async def authenticate_header(svc: Services, header: str) -> Principal:
 async def check_token(svc: Services, token: str) -> Principal | None:
     """The key's principal (remembered for a few seconds unless a key was revoked since), or None."""
     version = await keys_version(svc.redis)  # read before the check: a revocation after it is seen next time
-    async with svc.sessions() as s:
+    async with svc.reads() as s:
         return await authenticate(s, token, version)
 
 

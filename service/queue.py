@@ -14,6 +14,7 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
 from service.errors import DependencyError
+from service.waking import wake
 
 TASK_NAME = "process_avatar"
 CANCEL_KEY = "avatar:cancel:{job_id}"
@@ -51,6 +52,7 @@ async def enqueue(pool: ArqRedis, queue_name: str, job_id: str, expires_s: float
                                  _expires=expires_s)
     if job is None:
         raise QueueUnavailable(f"job {job_id} is already queued")
+    await wake(pool, queue_name, job_id)  # an idle worker takes it now, not at its next poll
     return arq_id
 
 
