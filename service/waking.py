@@ -1,10 +1,12 @@
-"""arq's worker, woken when a job is queued instead of finding it at its next poll.
+"""arq's worker, woken when a job is queued instead of finding it at its next poll, and kept
+alive through a Redis outage.
 
 arq polls its queue every ``poll_delay`` (0.5 s): a job waited 0.25 s on average before a worker
 even looked. Every enqueue here also publishes the job id on the queue's wake channel; each idle
 worker listens there and polls at once. A job finishing wakes its own worker too, so the next
 waiting job starts without a poll's pause. The poll stays as the fallback for a missed message
-(Redis restarting, a job queued by something that does not publish).
+(Redis restarting, a job queued by something that does not publish). A poll that cannot reach
+Redis is tried again a second later; arq's own loop ended the worker there.
 """
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import logging
 
 from arq.connections import ArqRedis, create_pool, log_redis_info
 from arq.worker import Worker, get_kwargs
+from redis.exceptions import RedisError
 
 log = logging.getLogger("avatar.worker")
 WAKE_CHANNEL = "avatar:wake:{queue}"
+REDIS_RETRY_S = 1.0
 
 
 def wake_channel(queue_name: str) -> str:
@@ -53,7 +57,15 @@ class WakingWorker(Worker):
         try:
             while True:
                 self._wake.clear()  # before the poll: a message during it makes the next wait end at once
-                await self._poll_iteration()
+                try:
+                    await self._poll_iteration()
+                except (RedisError, OSError) as exc:
+                    # arq's own loop ends the worker here: a Redis restart (its health record every
+                    # 30 s, a poll) stopped a worker that was running a job fine without Redis
+                    log.warning("queue not polled (%s: %s); again in %.1f s", exc.__class__.__name__, exc,
+                                REDIS_RETRY_S)
+                    await asyncio.sleep(REDIS_RETRY_S)
+                    continue
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
                 except TimeoutError:
@@ -81,7 +93,7 @@ class WakingWorker(Worker):
             except Exception as exc:  # Redis restarting: poll meanwhile, listen again shortly
                 log.warning("wake-up channel lost (%s); polling every %.1f s until it is back",
                             exc.__class__.__name__, self.poll_delay_s)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(REDIS_RETRY_S)
 
 
 def run_worker(settings_cls) -> WakingWorker:

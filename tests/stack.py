@@ -127,3 +127,9 @@ def assert_charged_once(c, job_id: str) -> None:
     """The ledger holds the job's reservation and exactly one commit, whatever happened between."""
     kinds = sorted(m["kind"] for m in c.get("/api/credits").json()["movements"] if m["job_id"] == job_id)
     assert kinds == ["commit", "reserve"], kinds
+
+
+def assert_released(c, job_id: str) -> None:
+    """The ledger holds the job's reservation and exactly one release (it did not complete)."""
+    kinds = sorted(m["kind"] for m in c.get("/api/credits").json()["movements"] if m["job_id"] == job_id)
+    assert kinds == ["release", "reserve"], kinds
