@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator,
                         UniqueConstraint, event)
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -163,7 +164,18 @@ def make_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    # no pre-ping: SQLAlchemy's asyncpg ping is BEGIN, a query and ROLLBACK, three round trips
+    # on every checkout (a status poll's read is one); a connection PostgreSQL closed (a restart,
+    # an idle timeout) is known to asyncpg without asking, and replaced here
+    engine = create_async_engine(url, pool_pre_ping=False)
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _replace_closed(dbapi_conn, _record, _proxy):
+        inner = getattr(dbapi_conn, "_connection", None)  # the asyncpg connection under the adapter
+        if inner is not None and inner.is_closed():
+            raise DisconnectionError("the database closed this connection")
+
+    return engine
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
