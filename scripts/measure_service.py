@@ -67,6 +67,8 @@ def main() -> None:
                          if (m := re.search(rx, log))}
                 print(f"worker start -> ready: {ready_s:.1f} s ("
                       + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) + ")", flush=True)
+                if m := re.search(r"pipeline warmed in .*", log):
+                    print(f"  {m.group(0)}", flush=True)
                 r = c.post("/api/photos", files={"file": ("nobody.jpg", nobody_jpeg(), "image/jpeg")})
                 photo_url = r.json()["photo_url"]
                 docs = []
@@ -95,6 +97,9 @@ def main() -> None:
                                                     str(args.bench_runs), "--concurrency", "1"),
                                          cwd=cwd, capture_output=True, text=True, env={**__import__("os").environ, **env})
                     print(run.stdout, run.stderr[-2000:] if run.returncode else "", flush=True)
+                    done = re.findall(r"completed in ([\d.]+) s", proc.log.read_text(errors="replace"))
+                    print("bench jobs in order, pipeline s (the first one after the warm-up first): "
+                          + ", ".join(done), flush=True)
 
 
 if __name__ == "__main__":
