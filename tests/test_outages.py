@@ -42,6 +42,9 @@ def test_a_redis_restart_mid_job_leaves_no_job_unfinished(outage, bus_jpg, zidan
     outage.redis.start()
     done = follow(c, running, timeout=300)[-1]
     assert done["status"] == "completed", done
+    # finished by the try that was running: its worker's heartbeat, gone with Redis' data, was not
+    # taken for a dead worker (that handed the job to a second try, which fitted it all again)
+    assert all(f"/{running}/t1/" in url for url in done["files"].values()), done["files"]
     assert_charged_once(c, running)
     for job_id in waiting:
         done = follow(c, job_id, timeout=300)[-1]
