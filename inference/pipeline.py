@@ -172,6 +172,18 @@ class Pipeline:
         return self._fitters[key]
 
     # ---- running -------------------------------------------------------------------------
+    def warm_up(self, job: Job, fit: FitConfig) -> Result:
+        """One run whose fit uses ``fit`` (fewer iterations) instead of the configured one: every
+        stage's lazy initialisation (kernels, the renderer's context, allocator growth) is paid
+        for a fraction of a run's time. Each body model's own fitter runs it, so whatever a fitter
+        sets up on its first fit is set up for the next real one."""
+        fitter = self._fitter(self.body_for(job.subject.gender))
+        configured, fitter.config = fitter.config, fit
+        try:
+            return self.run(job)
+        finally:
+            fitter.config = configured
+
     def run(self, job: Job, on_stage: Callable[[StageEvent], None] | None = None,
             cancel: Callable[[], bool] | None = None) -> Result:
         return self.run_batch([job], on_stage, cancel)[0]

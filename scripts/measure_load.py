@@ -33,7 +33,8 @@ def main() -> None:
         cwd = Path(tmp)
         with redis_server(cwd) as redis_url, s3_server(cwd, "load-key", "load-secret-0123456789") as s3, \
                 postgres_server(cwd) as pg:
-            env = service_env(pg, s3, redis_url, default_weights_dir(), RATE_LIMIT_PER_MINUTE="0")
+            # the worker at its default priority, as deployed (the tests run it at normal priority)
+            env = service_env(pg, s3, redis_url, default_weights_dir(), RATE_LIMIT_PER_MINUTE="0", WORKER_NICE="10")
             with api_stack(env, cwd, load=("load",)) as st, worker(env, cwd, st.base):
                 run = subprocess.run(
                     [sys.executable, "-m", "locust", "-f", str(Path(__file__).with_name("locustfile.py")),

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from service import errors, migrate, queue
 from service.errors import DependencyError
-from service.db import make_engine, session_factory
+from service.db import make_engine, read_factory, session_factory
 from service.deps import Services
 from service.edge import Edge
 from service.reaper import Reaper
@@ -49,7 +49,7 @@ async def connect(settings: Settings) -> Services:
     except DependencyError:
         await engine.dispose()
         raise
-    return Services(settings, engine, session_factory(engine), storage, redis)
+    return Services(settings, engine, session_factory(engine), storage, redis, read_factory(engine))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

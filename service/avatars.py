@@ -112,7 +112,7 @@ async def estimate_seconds(svc: Services, s) -> float:
 
 
 async def get_job(svc: Services, who: Principal, job_id: str) -> Job:
-    async with svc.sessions() as s:
+    async with svc.reads() as s:
         job = await s.get(Job, job_id) if re.fullmatch(r"[0-9a-f]{32}", job_id) else None
     if job is None or job.tenant != who.tenant:  # another tenant's job does not exist for you
         raise not_found("job")
@@ -168,7 +168,7 @@ async def list_passports(svc: Services, who: Principal, limit: int = PASSPORT_LI
 
 
 async def get_passport(svc: Services, who: Principal, user_id: str) -> Avatar:
-    async with svc.sessions() as s:
+    async with svc.reads() as s:
         passport = await s.get(Avatar, (who.tenant, user_id))
     if passport is None:
         raise not_found("avatar for this user")

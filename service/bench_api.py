@@ -33,6 +33,9 @@ class ApiBenchConfig:
     weight_kg: float | None = 75.0
     gender: str = "male"
     poll_s: float = 0.05
+    # once the job says it is uploading its artefacts (the last ~100 ms), the client polls this
+    # often: the bench measures the service, not the lag of a 50 ms poll (25 ms on average)
+    final_poll_s: float = 0.005
     timeout_s: float = 900.0
 
 
@@ -79,7 +82,7 @@ class _Client:
             doc = self.http.get(f"/api/avatar/status/{job_id}").json()
             if doc["status"] in FINAL:
                 return doc, (time.perf_counter() - t0) * 1000.0
-            time.sleep(self.cfg.poll_s)
+            time.sleep(self.cfg.final_poll_s if doc.get("stage") == "upload" else self.cfg.poll_s)
         raise TimeoutError(f"job {job_id} not final after {self.cfg.timeout_s:.0f} s")
 
 
@@ -88,6 +91,7 @@ def run_api_bench(cfg: ApiBenchConfig, log: Callable[[str], None] = lambda m: No
     client = _Client(cfg)
     uploads = [client.upload(p) for p in photos]
     report: dict = {"url": cfg.url, "photos": photo_info(photos), "poll_ms": cfg.poll_s * 1000,
+                    "final_poll_ms": cfg.final_poll_s * 1000,
                     "upload_ms": summarise([ms for _, ms in uploads]), "concurrency": []}
     for c in cfg.concurrency:
         t0 = time.perf_counter()
@@ -106,7 +110,8 @@ def run_api_bench(cfg: ApiBenchConfig, log: Callable[[str], None] = lambda m: No
 
 def format_api_report(r: dict) -> str:
     lines = [f"{r['url']} · photos: " + ", ".join(f"{p['name']} {p['width']}x{p['height']}" for p in r["photos"])
-             + f" · upload p50 {r['upload_ms']['p50']:.0f} ms · status polled every {r['poll_ms']:.0f} ms"]
+             + f" · upload p50 {r['upload_ms']['p50']:.0f} ms · status polled every {r['poll_ms']:.0f} ms"
+             + f" ({r.get('final_poll_ms', r['poll_ms']):.0f} ms while the artefacts upload)"]
     for row in r["concurrency"]:
         lines.append(f"\nconcurrency {row['concurrency']}: {row['completed']}/{row['jobs']} completed, "
                      f"{row['avatars_per_s']:.3f} avatars/s")

@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     kc = ksub.add_parser("create", help="create a key for a tenant; prints the secret once")
     kc.add_argument("--tenant", required=True)
     kc.add_argument("--name", default="")
-    kc.add_argument("--admin", action="store_true", help="the key may also create and revoke keys")
+    kc.add_argument("--admin", action="store_true", help="the key may also create and revoke its tenant's keys")
+    kc.add_argument("--operator", action="store_true",
+                    help="the key may grant credits to, and read the credits of, every tenant (/admin/credits)")
     ksub.add_parser("list", help="list keys (never their secrets)")
     kr = ksub.add_parser("revoke", help="revoke a key by id")
     kr.add_argument("key_id")
@@ -136,13 +138,14 @@ def _worker(args) -> int:
         os.environ["WORKER_WARMUP"] = "false"
     if args.backend:
         os.environ["BACKEND"] = args.backend
-    from arq.worker import run_worker
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     import gpu_worker
     from service import queue
     from service.settings import get_settings
+    from service.waking import run_worker
 
+    gpu_worker.lower_priority(get_settings().worker_nice)  # before any thread starts: they all inherit it
     url = get_settings().redis_url
     if get_settings().backend == "runpod":
         from service.backends import runpod_worker as worker_module
@@ -193,21 +196,40 @@ def _keys(args) -> int:
 
     async def go(s) -> int:
         if args.keys_command == "create":
-            row, token = await auth.create_key(s, args.tenant, args.name, args.admin)
+            row, token = await auth.create_key(s, args.tenant, args.name, args.admin, args.operator)
             print(token)
-            print(f"key {row.id} for tenant {row.tenant}{' (admin)' if row.is_admin else ''}: "
+            roles = ", ".join(r for r, on in (("admin", row.is_admin), ("operator", row.is_operator)) if on)
+            print(f"key {row.id} for tenant {row.tenant}{f' ({roles})' if roles else ''}: "
                   "store it now, it is not shown again", file=sys.stderr)
         elif args.keys_command == "list":
             for r in await auth.list_keys(s):
                 state = "revoked" if r.revoked_at else "active"
-                print(f"{r.id}  {r.tenant:<20} {r.prefix}…  {'admin' if r.is_admin else 'client':<6} "
-                      f"{state}  {r.name}")
+                role = "operator" if r.is_operator else "admin" if r.is_admin else "client"
+                print(f"{r.id}  {r.tenant:<20} {r.prefix}…  {role:<8} {state}  {r.name}")
         elif not await auth.revoke_key(s, args.key_id):
             print(f"avatar: error: no active key {args.key_id}", file=sys.stderr)
             return 2
+        else:
+            await _announce_revocation(args.key_id)
         return 0
 
     return _with_session(go)
+
+
+async def _announce_revocation(key_id: str) -> None:
+    """Tell the API processes (through Redis) that a key was revoked, so none accepts it again."""
+    from service import auth, queue
+    from service.settings import get_settings
+
+    try:
+        pool = await queue.connect(get_settings().redis_url)
+        try:
+            await auth.announce_revocation(pool)
+        finally:
+            await pool.aclose()
+    except Exception as exc:
+        print(f"avatar: warning: key {key_id} is revoked, but Redis was not reachable to say so ({exc}); API "
+              f"processes may accept it for up to {auth.recent.ttl:.0f} s more", file=sys.stderr)
 
 
 def _credits(args) -> int:

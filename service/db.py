@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator,
                         UniqueConstraint, event)
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -47,6 +48,8 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # every tenant's credits (migration 0004_operator); only the CLI makes such keys
+    is_operator: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -161,11 +164,28 @@ def make_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    # no pre-ping: SQLAlchemy's asyncpg ping is BEGIN, a query and ROLLBACK, three round trips
+    # on every checkout (a status poll's read is one); a connection PostgreSQL closed (a restart,
+    # an idle timeout) is known to asyncpg without asking, and replaced here
+    engine = create_async_engine(url, pool_pre_ping=False)
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _replace_closed(dbapi_conn, _record, _proxy):
+        inner = getattr(dbapi_conn, "_connection", None)  # the asyncpg connection under the adapter
+        if inner is not None and inner.is_closed():
+            raise DisconnectionError("the database closed this connection")
+
+    return engine
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def read_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for a single read (a status poll): autocommit, so the read is one statement on
+    the wire, without the BEGIN and ROLLBACK round trips a transaction adds around it."""
+    return async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
 
 
 def _ensure_sqlite_dir(url: str) -> None:

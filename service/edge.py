@@ -2,8 +2,8 @@
 
 FastAPI reads and parses a body before it runs the route's dependencies, so a key checked there
 comes too late: an anonymous 400 MB body was read whole before its 401. Here the declared
-``Content-Length`` is checked, the API key is checked (on ``/api/``) and counted against the
-key's rate limit, and the body is capped while it streams in.
+``Content-Length`` is checked, the API key is checked (on ``/api/`` and ``/admin/``) and counted
+against the key's rate limit, and the body is capped while it streams in.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ log = logging.getLogger("avatar.api")
 UPLOAD_PATH = "/api/photos"
 MULTIPART_OVERHEAD = 64 * 1024
 PHOTO_IN_JSON_PREFIX = "/v2/"  # RunPod's API shape carries the photo in the request body
-KEYED_PREFIX = "/api/"
+KEYED_PREFIXES = ("/api/", "/admin/")
 
 
 class Edge:
@@ -42,7 +42,7 @@ class Edge:
             return await self.app(scope, receive, send)
         limit = self.limit(scope)
         try:
-            if scope["path"].startswith(KEYED_PREFIX):
+            if scope["path"].startswith(KEYED_PREFIXES):
                 await self._admit(scope)
             _check_declared(Headers(scope=scope), limit)
         except ApiError as exc:

@@ -35,11 +35,12 @@ def sources_of(target: str) -> tuple[str, ...]:
 
 
 async def move(session: AsyncSession, job_id: str, target: str, *, owner: tuple[str, int] | None = None,
-               **values: Any) -> bool:
+               when: tuple = (), **values: Any) -> bool:
     """Move the job to ``target`` if its current state allows it; False if it does not
     (already final, or someone else moved it first). ``owner`` = (worker, try): only that try of
     the job may make the move, so a try that lost its job (worker presumed dead, job re-queued)
-    can never finish or fail the job another try now runs. Commits."""
+    can never finish or fail the job another try now runs. ``when``: more conditions on the row
+    (SQLAlchemy expressions) for the move to happen. Commits."""
     if target not in TRANSITIONS:
         raise ValueError(f"unknown job status {target!r}")
     now = utcnow()
@@ -50,6 +51,7 @@ async def move(session: AsyncSession, job_id: str, target: str, *, owner: tuple[
     where = [Job.id == job_id, Job.status.in_(sources_of(target))]
     if owner is not None:
         where += [Job.worker == owner[0], Job.attempts == owner[1]]
+    where += list(when)
     res = await session.execute(
         update(Job).where(*where)
         .values(status=target, updated_at=now, **values)

@@ -14,11 +14,13 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
 from service.errors import DependencyError
+from service.waking import wake
 
 TASK_NAME = "process_avatar"
 CANCEL_KEY = "avatar:cancel:{job_id}"
 WORKER_KEY = "avatar:worker:{name}"
 LOCK_KEY = "avatar:lock:{name}"
+EPOCH_KEY = "avatar:redis:epoch"
 
 
 class QueueUnavailable(DependencyError):
@@ -51,6 +53,7 @@ async def enqueue(pool: ArqRedis, queue_name: str, job_id: str, expires_s: float
                                  _expires=expires_s)
     if job is None:
         raise QueueUnavailable(f"job {job_id} is already queued")
+    await wake(pool, queue_name, job_id)  # an idle worker takes it now, not at its next poll
     return arq_id
 
 
@@ -95,6 +98,16 @@ async def beat(pool: ArqRedis, name: str, info: dict, ttl_seconds: float) -> Non
 
 async def stop_beating(pool: ArqRedis, name: str) -> None:
     await pool.delete(WORKER_KEY.format(name=name))
+
+
+async def data_age(pool: ArqRedis) -> float:
+    """Seconds since this Redis's data began: a marker set once, which goes with the data. A
+    heartbeat missing from a Redis younger than the heartbeat's life proves no worker dead: after
+    a restart without its data every live worker's beat is gone until its next one."""
+    now = time.time()
+    await pool.set(EPOCH_KEY, repr(now), nx=True)
+    raw = await pool.get(EPOCH_KEY)
+    return now - float(raw.decode() if isinstance(raw, bytes) else raw)
 
 
 async def live_workers(pool: ArqRedis, queue_name: str) -> list[dict]:

@@ -139,6 +139,16 @@ class CreditsOut(BaseModel):
     movements: list[CreditMoveOut] = Field(description="the newest 100, newest first")
 
 
+class GrantIn(Strict):
+    tenant: str = Field(description="the tenant whose balance grows (its jobs are metered from then on)")
+    amount: int = Field(ge=1, le=1_000_000)
+    note: str = Field("", max_length=200)
+
+
+class TenantCreditsOut(CreditsOut):
+    tenant: str
+
+
 class WorkerOut(BaseModel):
     name: str
     device: str

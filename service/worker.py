@@ -68,27 +68,31 @@ class JobRunner:
                 self.jobs_done += 1
 
     async def _take(self, job_id: str) -> Job | str:
-        """queued → processing for this worker; the job, or the status that kept us from taking it."""
+        """queued → processing for this worker; the job, or the status that kept us from taking it.
+        The move comes first (a compare-and-set that also counts the try): reading the row before
+        it cost a database round trip between the queue and the job's start."""
         async with self.sessions() as s:
-            job = await s.get(Job, job_id)
-            if job is None:
-                log.warning("job %s is not in the database; dropped", job_id)
-                return "missing"
-            if job.status != jobs.QUEUED:  # final, or another worker's try runs it
-                log.info("job %s is %s (worker %s); this delivery skipped", job_id, job.status, job.worker)
-                return job.status
-            if job.attempts >= self.settings.job_max_tries:
+            took = await jobs.move(s, job_id, jobs.PROCESSING, when=(Job.attempts < self.settings.job_max_tries,),
+                                   attempts=Job.attempts + 1, worker=self.name, started_at=jobs.utcnow(),
+                                   progress=0, stage="fetch", message="fetching the photo", completed_at=None,
+                                   error_code=None, error_message=None)
+            job = await s.get(Job, job_id, populate_existing=True)
+            if not took:
+                if job is None:
+                    log.warning("job %s is not in the database; dropped", job_id)
+                    return "missing"
+                if job.status != jobs.QUEUED:  # final, or another worker's try runs it
+                    log.info("job %s is %s (worker %s); this delivery skipped", job_id, job.status, job.worker)
+                    return job.status
+                if job.attempts < self.settings.job_max_tries:
+                    return job.status
                 await jobs.move(s, job_id, jobs.FAILED, error_code="worker_lost", message="failed",
                                 error_message=f"the job's worker stopped {job.attempts} time(s); it is not "
                                               "tried again")
-                return jobs.FAILED
-            took = await jobs.move(s, job_id, jobs.PROCESSING, attempts=job.attempts + 1, worker=self.name,
-                                   started_at=jobs.utcnow(), progress=0, stage="fetch",
-                                   message="fetching the photo", completed_at=None, error_code=None,
-                                   error_message=None)
-            if not took:
-                return (await s.get(Job, job_id, populate_existing=True)).status
-            job = await s.get(Job, job_id, populate_existing=True)
+                status = (await s.get(Job, job_id, populate_existing=True)).status
+        if not took:
+            await events.publish(self.redis, job_id)
+            return status
         await events.publish(self.redis, job_id)
         return job
 
@@ -105,13 +109,9 @@ class JobRunner:
         try:
             async with asyncio.timeout(self.settings.job_timeout_seconds):
                 photo = await self._photo(job)
-                await self._progress(job_id, _FETCH_END, "fetch", "photo received")
                 result = await self._pipeline(job, photo, workdir / "out", cancel)
-                await self._progress(job_id, _PIPELINE_END, "upload", "uploading the artefacts")
-                files = {}
-                for name, path in result.files.items():
-                    files[name] = artefact_key(job.user_id, job.id, name, try_no)
-                    await self.storage.put_file(files[name], path)
+                files = {name: artefact_key(job.user_id, job.id, name, try_no) for name in result.files}
+                await self._upload(job_id, files, result.files)
             done = await self._move(
                 job_id, jobs.COMPLETED, owner=owner, files=files, measurements=result.measurements,
                 timings={"stages_ms": result.timings_ms, "total_ms": result.total_ms,
@@ -149,6 +149,17 @@ class JobRunner:
             cancel.set()
             watcher.cancel()
             shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _upload(self, job_id: str, keys: dict[str, str], paths: dict[str, Path]) -> None:
+        """Every artefact at once, beside the progress write (nothing waits on a courtesy). All of
+        them have ended before this returns or raises, so a discard after a failure finds every
+        file that was written."""
+        done = await asyncio.gather(self._progress(job_id, _PIPELINE_END, "upload", "uploading the artefacts"),
+                                    *(self.storage.put_file(keys[n], path) for n, path in paths.items()),
+                                    return_exceptions=True)
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _end(self, job: Job, owner: tuple[str, int], status: str, **values) -> str:
         """Remove this try's files (best effort: a storage outage must not keep the job open),
@@ -198,7 +209,8 @@ class JobRunner:
         def on_stage(ev: StageEvent) -> None:  # called in the pipeline's thread
             loop.call_soon_threadsafe(stage_events.put_nowait, ev)
 
-        async def report() -> None:
+        async def report() -> None:  # the photo is in: said while the pipeline starts, not before it
+            await self._progress(job.id, _FETCH_END, "fetch", "photo received")
             while (ev := await stage_events.get()) is not None:
                 pct = _FETCH_END + ev.progress * (_PIPELINE_END - _FETCH_END)
                 verb = "running" if ev.status == "start" else "finished"

@@ -57,8 +57,10 @@ def create_database(pg) -> str:
 
 
 def service_env(postgres, s3, redis_url: str, weights_dir: Path, **extra: str) -> dict[str, str]:
-    """A fresh database, bucket and queue name on the shared servers; ``extra`` overrides."""
-    return {
+    """A fresh database, bucket and queue name on the shared servers; ``extra`` overrides. Workers
+    keep normal CPU priority here: on a machine busy with other work a niced worker (the default)
+    runs its pipeline several times slower, and no test is about priority."""
+    return {"WORKER_NICE": "0",
         "DATABASE_URL": create_database(postgres), "REDIS_URL": redis_url,
         "QUEUE_NAME": f"avatar:test:{uuid.uuid4().hex[:8]}",
         "STORAGE_URL": f"s3://avatars-{uuid.uuid4().hex[:8]}", "S3_ENDPOINT_URL": s3.endpoint_url,
@@ -127,3 +129,9 @@ def assert_charged_once(c, job_id: str) -> None:
     """The ledger holds the job's reservation and exactly one commit, whatever happened between."""
     kinds = sorted(m["kind"] for m in c.get("/api/credits").json()["movements"] if m["job_id"] == job_id)
     assert kinds == ["commit", "reserve"], kinds
+
+
+def assert_released(c, job_id: str) -> None:
+    """The ledger holds the job's reservation and exactly one release (it did not complete)."""
+    kinds = sorted(m["kind"] for m in c.get("/api/credits").json()["movements"] if m["job_id"] == job_id)
+    assert kinds == ["release", "reserve"], kinds

@@ -3,6 +3,7 @@ deadline, a queued job Redis lost. Real Redis, SQLite, a local storage folder.""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 
 from jobkit import kit
@@ -12,9 +13,11 @@ from service.objects import artefact_key
 from service.reaper import Reaper
 
 
-def sweep_once(tmp_path, redis_url, scenario, **settings):
+def sweep_once(tmp_path, redis_url, scenario, redis_age_s: float = 3600, **settings):
+    """Run ``scenario`` with a reaper over a Redis whose data is ``redis_age_s`` old."""
     async def go():
         async with kit(tmp_path, redis_url, **settings) as k:
+            await k.redis.set(queue.EPOCH_KEY, repr(time.time() - redis_age_s))
             return await scenario(k, Reaper(k.settings, k.sessions, k.redis, k.storage))
     return asyncio.run(go())
 
@@ -32,6 +35,19 @@ def test_a_dead_workers_job_is_queued_again_without_its_tries_files(tmp_path, re
     assert job.status == "queued" and job.worker is None and job.attempts == 1
     assert "waiting for a worker" in job.message
     assert job_id in in_redis and not left
+
+
+def test_a_missing_heartbeat_counts_only_once_redis_is_older_than_a_heartbeat(tmp_path, redis_url):
+    """Redis restarted without its data: every live worker's beat is gone until its next one, and
+    a job its worker is still running must not be handed to another (its work would be lost)."""
+    async def scenario(k, reaper):
+        job = await k.new_job(jobs.PROCESSING, worker="w:1:ab", attempts=1)
+        fresh = await reaper.sweep()
+        await queue.beat(k.redis, "w:1:ab", {"name": "w:1:ab", "queue": k.settings.queue_name, "current_job": job.id}, 30)
+        beaten = await reaper.sweep()
+        return fresh, beaten, await k.job(job.id)
+    fresh, beaten, job = sweep_once(tmp_path, redis_url, scenario, redis_age_s=1)
+    assert (fresh.requeued, fresh.failed, beaten.requeued, job.status) == ([], [], [], "processing")
 
 
 def test_a_dead_workers_job_fails_once_its_tries_are_used(tmp_path, redis_url):

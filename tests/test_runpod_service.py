@@ -65,7 +65,7 @@ def service(env: dict[str, str], cwd: Path, tenants: tuple[str, ...]) -> Iterato
 
 def _env(redis_url: str, db: int, weights_dir: Path, **extra: str) -> dict[str, str]:
     return {"REDIS_URL": f"{redis_url.rsplit('/', 1)[0]}/{db}", "QUEUE_NAME": f"avatar:rp:{uuid.uuid4().hex[:8]}",
-            "HEARTBEAT_SECONDS": "1", "WORKER_WARMUP": "false", "AVATAR_WEIGHTS_DIR": str(weights_dir),
+            "HEARTBEAT_SECONDS": "1", "WORKER_WARMUP": "false", "WORKER_NICE": "0", "AVATAR_WEIGHTS_DIR": str(weights_dir),
             "PYOPENGL_PLATFORM": "osmesa", "YOLO_OFFLINE": "1", **extra}
 
 

@@ -18,7 +18,7 @@ def local(redis_url, weights_dir, bus_jpg, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("local-service")
     env = {  # no DATABASE_URL or STORAGE_URL: the defaults (./data under cwd)
         "REDIS_URL": redis_url, "QUEUE_NAME": f"avatar:local:{uuid.uuid4().hex[:8]}",
-        "ALLOW_PRIVATE_PHOTO_URLS": "true", "WORKER_WARMUP": "false", "HEARTBEAT_SECONDS": "1",
+        "ALLOW_PRIVATE_PHOTO_URLS": "true", "WORKER_WARMUP": "false", "HEARTBEAT_SECONDS": "1", "WORKER_NICE": "0",
         "AVATAR_WEIGHTS_DIR": str(weights_dir), "PYOPENGL_PLATFORM": "osmesa", "YOLO_OFFLINE": "1",
     }
     with photo_host({"bus.jpg": bus_jpg.read_bytes(), "notes.txt": b"not a photo"}) as site, \

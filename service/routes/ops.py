@@ -66,7 +66,7 @@ async def prometheus_metrics(svc: SvcDep) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/admin/queue", response_model=QueueOut, responses={**documented(401, 403, 503)})
+@router.get("/admin/queue", response_model=QueueOut, responses={**documented(401, 403, 429, 503)})
 async def admin_queue(svc: SvcDep, who: AdminDep) -> QueueOut:
     """Counts, the oldest waiting job and recent failures of the key's tenant; every live worker."""
     try:
@@ -140,3 +140,8 @@ async def revoke_key(key_id: str, svc: SvcDep, who: AdminDep) -> None:
     async with svc.sessions() as s:
         if not await auth.revoke_key(s, key_id, tenant=who.tenant):
             raise not_found("active key")
+    try:
+        await auth.announce_revocation(svc.redis)
+    except RedisError as exc:  # the database says revoked; other processes stop at their cache's end
+        log.warning("key %s revoked, but Redis did not hear of it (%s): other API processes may accept it for "
+                    "up to %.0f s", key_id, exc.__class__.__name__, auth.recent.ttl)

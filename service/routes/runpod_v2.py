@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from service import avatars, v2
-from service.auth import Principal, authenticate
-from service.deps import SvcDep
+from service.auth import Principal
+from service.deps import SvcDep, check_token
 from service.errors import ApiError, documented
 from service.runpod_protocol import V2HealthOut, V2JobOut, V2PurgeOut, V2RunIn, V2StreamOut, runpod_status
 
@@ -23,8 +23,7 @@ async def caller(request: Request, endpoint_id: str, svc: SvcDep) -> Principal:
     token = rest.strip() if scheme.lower() == "bearer" else scheme
     who = None
     if token:
-        async with svc.sessions() as s:
-            who = await authenticate(s, token)
+        who = await check_token(svc, token)
     if who is None:
         raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer KEY' (or the bare key)",
                        {"WWW-Authenticate": 'Bearer realm="avatar"'})
