@@ -35,6 +35,11 @@ def run(redis_url: str, scenario):
             await asyncio.sleep(0.5)  # the worker's first poll has passed: from now on it sleeps 60 s
             return await scenario(pool, name, started, release)
         finally:
+            release.set()
+            for _ in range(100):  # arq records each job's end after its function returns: let it
+                if all(t.done() for t in list(worker.tasks.values())):
+                    break
+                await asyncio.sleep(0.05)
             main.cancel()
             await asyncio.gather(main, return_exceptions=True)
             await worker.close()
