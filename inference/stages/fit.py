@@ -82,10 +82,7 @@ class FitConfig:
     shape_solve: bool = True
     shape_iterations: int = 12
     coarse_grid: int = 7  # muscle values tried before stage C (see Fitter._coarse_start)
-    # per band; wide: with the learned prior the photo's widths inform the shape through it too,
-    # and a loose silhouette must not outvote it (dev, chest/waist/hip mean: σ 0.5 → 2.5 cm,
-    # 1.88/1.85/1.83 → 1.40/1.37/1.22)
-    sigma_width_cm: float = 2.5
+    sigma_width_cm: float = 0.5  # per band (2.5 with the learned prior: see ``learned_prior``)
     # bands further off than this many sigmas count linearly, not squared: an arm or a shadow
     # that the segmenter joined to the trunk must not decide the shape
     width_huber: float = 3.0
@@ -103,8 +100,11 @@ class FitConfig:
     widths_relative: bool = True
     # the learned prior (``shape_prior``): stage C pulls the shape toward what the photo's
     # features predict, by the prediction's cross-validated spread times ``prior_scale``,
-    # instead of toward the population's middle. Off, or where the body model has none: the latter
-    learned_prior: bool = True
+    # instead of toward the population's middle (off, or where the body model has none: the
+    # latter). Opt-in for now: with sigma_width_cm=2.5 it lowers the frozen test split's means
+    # (chest/waist/hip 1.8/1.3/1.4 → 1.5/1.1/1.0 cm) but makes inputs off by ±2 cm/±5 kg worse
+    # (2.1/2.5/2.4 → 2.6/3.0/2.8) and the worst waist 4.3 → 7.0: the README's accuracy section
+    learned_prior: bool = False
     prior_scale: float = 1.0
     record_prior_features: bool = False  # keep the features in the diagnostics (training)
 
