@@ -1,5 +1,6 @@
 """The arq worker: one process per GPU. It pins its GPU, loads the Pipeline once, warms it on a
-real photo, then takes jobs from the shared queue one at a time.
+real photo, then takes jobs from the shared queue: whenever its pipeline is free, up to
+WORKER_BATCH of them, fitted as one batch.
 
     avatar worker --gpu 0          # or: CUDA_VISIBLE_DEVICES=0 arq gpu_worker.WorkerSettings
 """
@@ -61,7 +62,7 @@ async def startup(ctx: dict) -> None:
         log.info("pipeline warmed in %.1f s (%s)", time.perf_counter() - t0,
                  ", ".join(f"{stage} {ms:.0f} ms" for stage, ms in warm.timings_ms.items()))
     runner = JobRunner(settings, session_factory(engine), storage, ctx["redis"], pipeline)
-    ctx.update(runner=runner, engine=engine, pipeline=pipeline,
+    ctx.update(runner=runner, engine=engine, pipeline=pipeline, take_gate=runner.batches.until_free,
                heartbeat=asyncio.create_task(runner.heartbeat_forever(pipeline.device)))
     log.info("worker %s ready on queue %s", runner.name, settings.queue_name)
 
@@ -145,7 +146,11 @@ class WorkerSettings:
     on_shutdown = shutdown
     redis_settings = redis_settings(_settings.redis_url)
     queue_name = _settings.queue_name
-    max_jobs = 1  # one GPU, one job at a time: the Pipeline holds its models in this process
+    # one GPU, one pipeline in this process: a poll takes up to WORKER_BATCH jobs, fitted as one
+    # batch (service.batches), and polls happen only while no batch runs (``take_gate``); the
+    # slots of a batch still uploading its artefacts do not keep the next batch from being taken
+    queue_read_limit = _settings.worker_batch
+    max_jobs = 2 * _settings.worker_batch
     job_timeout = _ARQ_TIMEOUT_S
     max_tries = _settings.job_max_tries + 1
     keep_result = 3600

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     # the pipeline takes whatever CPU it gets; a request to the API on the same machine must not
     # wait behind it (status p99 was 190 ms at 4 users with a busy worker at equal priority)
     worker_nice: int = Field(10, ge=0, le=19)
+    # batched fitting: a free worker takes up to WORKER_BATCH waiting jobs and fits them as one
+    # batch; a job waits at most WORKER_BATCH_WAIT_MS for the others it took with it (a job
+    # taken alone does not wait). 1 = one job at a time
+    worker_batch: int = Field(4, ge=1, le=64)
+    worker_batch_wait_ms: float = Field(50.0, ge=0, le=5000)
     job_timeout_seconds: int = Field(900, ge=10)
     job_max_tries: int = Field(2, ge=1)
     heartbeat_seconds: float = Field(10.0, gt=0)

@@ -6,7 +6,9 @@ even looked. Every enqueue here also publishes the job id on the queue's wake ch
 worker listens there and polls at once. A job finishing wakes its own worker too, so the next
 waiting job starts without a poll's pause. The poll stays as the fallback for a missed message
 (Redis restarting, a job queued by something that does not publish). A poll that cannot reach
-Redis is tried again a second later; arq's own loop ended the worker there.
+Redis is tried again a second later; arq's own loop ended the worker there. A worker whose
+``ctx["take_gate"]`` is set (an async callable) polls only once it returns: a GPU worker takes
+new jobs only while its pipeline is free.
 """
 from __future__ import annotations
 
@@ -56,6 +58,8 @@ class WakingWorker(Worker):
         listener = asyncio.create_task(self._listen())
         try:
             while True:
+                if (gate := self.ctx.get("take_gate")) is not None:
+                    await gate()  # a busy pipeline: jobs stay queued for a free worker, not held here
                 self._wake.clear()  # before the poll: a message during it makes the next wait end at once
                 try:
                     await self._poll_iteration()

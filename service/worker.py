@@ -1,5 +1,6 @@
 """What a worker does with one job: take it (queued → processing), get the photo, run the
-Pipeline in a thread while reporting progress and watching for a cancel, upload every artefact
+Pipeline in a thread (in one batch with the other jobs that reach it together, see
+``service.batches``) while reporting progress and watching for a cancel, upload every artefact
 under the try's own keys, and only then mark the job completed. Every path ends the job or, when
 the worker is stopping, hands it back to the queue; a try that loses its job (the reaper gave it
 to another) can no longer move it."""
@@ -14,6 +15,7 @@ import threading
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from inference.pipeline import Job as PipelineJob
 from inference.pipeline import Pipeline, StageEvent
 from inference.types import Subject
 from service import events, jobs, metrics, queue
+from service.batches import BatchingPipeline
 from service.db import Job
 from service.objects import artefact_key, try_prefix
 from service.photos import fetch_photo
@@ -52,20 +55,32 @@ class JobRunner:
     pipeline: Pipeline
     name: str = field(default_factory=worker_name)
     jobs_done: int = 0
-    current_job: str | None = None
-    # one pipeline per process: its models are not safe to run twice at once, so the lock is held
-    # until the pipeline's thread has really returned (a timed-out run finishes its stage first)
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    current: list[str] = field(default_factory=list)  # the jobs this worker holds, oldest first
+    # one pipeline per process, run by one batch at a time: its models are not safe to run twice
+    # at once, and a batch holds it until the pipeline's thread has really returned
+    batches: BatchingPipeline | None = None
+
+    def __post_init__(self) -> None:
+        if self.batches is None:
+            self.batches = BatchingPipeline(self.pipeline, self.settings.worker_batch,
+                                            self.settings.worker_batch_wait_ms)
+
+    @property
+    def current_job(self) -> str | None:
+        return self.current[0] if self.current else None
 
     async def run(self, job_id: str, job_try: int = 1) -> str:
         """Process one job; returns the final status it reached (or the status it was left in)."""
-        async with self._lock:
-            self.current_job = job_id
-            try:
-                return await self._run(job_id)
-            finally:
-                self.current_job = None
-                self.jobs_done += 1
+        # delivered while a batch runs: it stays queued until that batch ends (its time starts then)
+        await self.batches.until_free()
+        self.current.append(job_id)
+        arrived = self.batches.expect()
+        try:
+            return await self._run(job_id, arrived)
+        finally:
+            arrived()
+            self.current.remove(job_id)
+            self.jobs_done += 1
 
     async def _take(self, job_id: str) -> Job | str:
         """queued → processing for this worker; the job, or the status that kept us from taking it.
@@ -96,7 +111,7 @@ class JobRunner:
         await events.publish(self.redis, job_id)
         return job
 
-    async def _run(self, job_id: str) -> str:
+    async def _run(self, job_id: str, arrived: Callable[[], None]) -> str:
         job = await self._take(job_id)  # a database error here leaves the job queued: the reaper re-queues it
         if isinstance(job, str):
             return job
@@ -109,13 +124,13 @@ class JobRunner:
         try:
             async with asyncio.timeout(self.settings.job_timeout_seconds):
                 photo = await self._photo(job)
-                result = await self._pipeline(job, photo, workdir / "out", cancel)
+                result, batch_size = await self._pipeline(job, photo, workdir / "out", cancel, arrived)
                 files = {name: artefact_key(job.user_id, job.id, name, try_no) for name in result.files}
                 await self._upload(job_id, files, result.files)
             done = await self._move(
                 job_id, jobs.COMPLETED, owner=owner, files=files, measurements=result.measurements,
                 timings={"stages_ms": result.timings_ms, "total_ms": result.total_ms,
-                         "wall_ms": round((time.monotonic() - t0) * 1000.0, 1)},
+                         "wall_ms": round((time.monotonic() - t0) * 1000.0, 1), "batch_size": batch_size},
                 body_model=result.body_model, stage="done", message="avatar ready")
             if not done:  # cancelled, past its deadline or handed to another try meanwhile: drop our files
                 await self._discard(job, try_no)
@@ -202,7 +217,8 @@ class JobRunner:
                                  timeout=self.settings.photo_fetch_timeout_seconds,
                                  allow_private=self.settings.allow_private_photo_urls)
 
-    async def _pipeline(self, job: Job, photo: bytes, out_dir: Path, cancel: threading.Event):
+    async def _pipeline(self, job: Job, photo: bytes, out_dir: Path, cancel: threading.Event,
+                        arrived: Callable[[], None]):
         loop = asyncio.get_running_loop()
         stage_events: asyncio.Queue[StageEvent | None] = asyncio.Queue()
 
@@ -218,16 +234,10 @@ class JobRunner:
 
         reporter = asyncio.create_task(report())
         subject = Subject(height_cm=job.height_cm, gender=job.gender, weight_kg=job.weight_kg)
-        run = asyncio.ensure_future(asyncio.to_thread(self.pipeline.run, PipelineJob(photo, subject, out_dir),
-                                                      on_stage, cancel.is_set))
         try:
-            return await asyncio.shield(run)
-        except asyncio.CancelledError:
-            # a timeout or a shutdown: the thread cannot be killed, so ask it to stop at its next
-            # stage and wait for it; the pipeline (and its work folder) is not free before that
-            cancel.set()
-            await asyncio.wait([run])
-            raise
+            # a timeout or a shutdown sets ``cancel`` and waits for the job's batch, if it runs:
+            # the thread cannot be killed, and the work folder is in use until it returns
+            return await self.batches.run(PipelineJob(photo, subject, out_dir), on_stage, cancel, arrived)
         finally:
             stage_events.put_nowait(None)
             await reporter
@@ -266,7 +276,8 @@ class JobRunner:
                     await queue.beat(self.redis, self.name, {
                         "name": self.name, "device": device, "queue": self.settings.queue_name,
                         "started_at": started, "beat_at": time.time(), "jobs_done": self.jobs_done,
-                        "current_job": self.current_job, "body_model": self.pipeline.body_model,
+                        "current_job": self.current_job, "current_jobs": list(self.current),
+                        "body_model": self.pipeline.body_model,
                         "gpu_memory_bytes": _gpu_memory(device)},
                         self.settings.heartbeat_ttl_seconds)
                 except Exception as exc:
