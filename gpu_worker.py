@@ -85,10 +85,13 @@ def _device(wanted: str) -> str:
     return device_in_pinned_process(wanted, pinned) if pinned.isdigit() else wanted
 
 
-# the warm-up's fit: every fit stage runs, with a few steps each (a full fit was ~70 % of a
-# warm-up that kept a CPU worker from being ready for ~25 s); what a first run initialises lazily
-# is initialised all the same
-WARM_UP_FIT = {"iterations": 4, "refit_iterations": 2, "rounds": 1, "shape_iterations": 2}
+# the warm-up: every stage runs once, as cheaply as still initialises what a first run would
+# (the detector's first call, the texture's UV raster cache, the renderer's GL context and
+# imports): a photo scaled down to WARM_UP_SIDE px (segmentation and the overlay on fewer pixels)
+# and a fit of one step per stage. A first client job after it runs as fast as the next one
+# (BENCHMARKS.md); the full-size photo and 4-step fit before took ~1.2 s more on this 2-core CPU
+WARM_UP_FIT = {"iterations": 1, "refit_iterations": 1, "rounds": 1, "shape_iterations": 1, "coarse_grid": 2}
+WARM_UP_SIDE = 480
 
 
 def warm_up(pipeline):
@@ -99,11 +102,17 @@ def warm_up(pipeline):
     import tempfile
     from pathlib import Path
 
+    import cv2
+
     from inference.pipeline import Job
     from inference.types import Subject
 
     spec = importlib.util.find_spec("ultralytics")
-    photo = Path(spec.origin).parent / "assets" / "bus.jpg"
+    image = cv2.imread(str(Path(spec.origin).parent / "assets" / "bus.jpg"))
+    scale = WARM_UP_SIDE / max(image.shape[:2])
+    image = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)),
+                       interpolation=cv2.INTER_AREA)
+    photo = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
     fit = dataclasses.replace(pipeline.config.fit, **WARM_UP_FIT)
     with tempfile.TemporaryDirectory(prefix="avatar-warmup-") as tmp:
         return pipeline.warm_up(Job(photo, Subject(height_cm=175, gender="male", weight_kg=75), Path(tmp) / "out"),

@@ -1,12 +1,12 @@
 """One error shape for the whole API: ``{"error": {"code", "message"}}`` with a 4xx/5xx status."""
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from typing import TYPE_CHECKING
 
 from inference.errors import InputError
+
+if TYPE_CHECKING:  # FastAPI only where an app is built: the worker and the CLI start without it
+    from fastapi import FastAPI
 
 
 class DependencyError(RuntimeError):
@@ -54,6 +54,11 @@ def validation_message(errors) -> str:
 
 
 def install(app: FastAPI) -> None:
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError):
         return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)

@@ -15,7 +15,7 @@ from typing import Protocol
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service import jobs, queue, v2, webhooks
+from service import jobs, queue, webhooks
 from service.db import Job, utcnow
 from service.runpod_protocol import TIMEOUT_CODE
 from service.settings import Settings
@@ -88,6 +88,8 @@ async def deliver_webhook(runner: Runner, job_id: str) -> str | None:
     settings = runner.settings
 
     async def body(job: Job) -> dict:
+        from service import v2  # the /v2 routes' module (FastAPI): a worker without webhooks starts without it
+
         base = settings.public_base_url or f"http://{settings.host}:{settings.port}"
         return (await v2.describe(runner.storage, job, base)).model_dump(exclude_none=True)
 

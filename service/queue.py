@@ -1,7 +1,7 @@
 """The job queue on Redis (arq), the cancel flags and the workers' heartbeats.
 
 The API enqueues job ids; any worker sharing ``REDIS_URL`` and ``QUEUE_NAME`` takes them, one
-at a time per GPU. The database, not Redis, holds each job's state.
+at a time per GPU (or a batch of them, WORKER_BATCH). The database, not Redis, holds each job's state.
 """
 from __future__ import annotations
 
