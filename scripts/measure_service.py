@@ -48,6 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=30)
     ap.add_argument("--bench-runs", type=int, default=0)
+    ap.add_argument("--bench-follow", default="events", help="events | poll | events,poll (one bench each, in order)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis_url:
         cwd = Path(tmp)
@@ -95,9 +96,9 @@ def main() -> None:
                     if values:
                         print(f"{name} ({len(values)} jobs, ms): p50 {statistics.median(values):.1f}  "
                               f"p95 {pct(values, 0.95):.1f}  max {max(values):.1f}", flush=True)
-                if args.bench_runs:
+                for follow in args.bench_follow.split(",") if args.bench_runs else ():
                     run = subprocess.run(avatar_cmd("bench", "--via-api", base, "--key", key, "--runs",
-                                                    str(args.bench_runs), "--concurrency", "1"),
+                                                    str(args.bench_runs), "--concurrency", "1", "--follow", follow),
                                          cwd=cwd, capture_output=True, text=True, env={**__import__("os").environ, **env})
                     print(run.stdout, run.stderr[-2000:] if run.returncode else "", flush=True)
                     done = re.findall(r"completed in ([\d.]+) s", proc.log.read_text(errors="replace"))

@@ -3,10 +3,13 @@
 Each job is timed the way a client sees it, from ``POST /api/avatar/create`` to the status that
 says ``completed``, and split with the job's own timestamps and timings: queue wait (created →
 a worker took it), the pipeline (its stages), fetch + storage (photo in, artefacts out), the
-database moves around them, and the client's share (the create request, polling lag).
+database moves around them, and the client's share (the create request, and how late the client
+learns the end: a client following the job's server-sent events, the default, hears it when the
+worker records it; a polling client, ``follow="poll"``, at its next poll).
 """
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +35,7 @@ class ApiBenchConfig:
     height_cm: float = 180.0
     weight_kg: float | None = 75.0
     gender: str = "male"
+    follow: str = "events"  # "events": GET /api/avatar/events/{id} (pushed); "poll": GET .../status/{id}
     poll_s: float = 0.05
     # once the job says it is uploading its artefacts (the last ~100 ms), the client polls this
     # often: the bench measures the service, not the lag of a 50 ms poll (25 ms on average)
@@ -78,6 +82,8 @@ class _Client:
         r = self.http.post("/api/avatar/create", json=body)
         r.raise_for_status()
         job_id = r.json()["job_id"]
+        if self.cfg.follow == "events":
+            return self._events(job_id), (time.perf_counter() - t0) * 1000.0
         while time.perf_counter() - t0 < self.cfg.timeout_s:
             doc = self.http.get(f"/api/avatar/status/{job_id}").json()
             if doc["status"] in FINAL:
@@ -85,12 +91,21 @@ class _Client:
             time.sleep(self.cfg.final_poll_s if doc.get("stage") == "upload" else self.cfg.poll_s)
         raise TimeoutError(f"job {job_id} not final after {self.cfg.timeout_s:.0f} s")
 
+    def _events(self, job_id: str) -> dict:
+        """The job's status documents as the service pushes them, until a final one."""
+        with self.http.stream("GET", f"/api/avatar/events/{job_id}", timeout=self.cfg.timeout_s) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if line.startswith("data:") and (doc := json.loads(line[5:]))["status"] in FINAL:
+                    return doc
+        raise TimeoutError(f"job {job_id}: its event stream ended before a final status")
+
 
 def run_api_bench(cfg: ApiBenchConfig, log: Callable[[str], None] = lambda m: None) -> dict:
     photos = find_photos(cfg.photos)
     client = _Client(cfg)
     uploads = [client.upload(p) for p in photos]
-    report: dict = {"url": cfg.url, "photos": photo_info(photos), "poll_ms": cfg.poll_s * 1000,
+    report: dict = {"url": cfg.url, "photos": photo_info(photos), "follow": cfg.follow, "poll_ms": cfg.poll_s * 1000,
                     "final_poll_ms": cfg.final_poll_s * 1000,
                     "upload_ms": summarise([ms for _, ms in uploads]), "concurrency": []}
     for c in cfg.concurrency:
@@ -109,9 +124,11 @@ def run_api_bench(cfg: ApiBenchConfig, log: Callable[[str], None] = lambda m: No
 
 
 def format_api_report(r: dict) -> str:
+    followed = ("status followed by its server-sent events" if r.get("follow") == "events" else
+                f"status polled every {r['poll_ms']:.0f} ms ({r.get('final_poll_ms', r['poll_ms']):.0f} ms while "
+                "the artefacts upload)")
     lines = [f"{r['url']} · photos: " + ", ".join(f"{p['name']} {p['width']}x{p['height']}" for p in r["photos"])
-             + f" · upload p50 {r['upload_ms']['p50']:.0f} ms · status polled every {r['poll_ms']:.0f} ms"
-             + f" ({r.get('final_poll_ms', r['poll_ms']):.0f} ms while the artefacts upload)"]
+             + f" · upload p50 {r['upload_ms']['p50']:.0f} ms · {followed}"]
     for row in r["concurrency"]:
         lines.append(f"\nconcurrency {row['concurrency']}: {row['completed']}/{row['jobs']} completed, "
                      f"{row['avatars_per_s']:.3f} avatars/s")

@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time jobs through a running service (create → completed) instead of in-process")
     b.add_argument("--key", default=None, help="with --via-api: an API key")
     b.add_argument("--concurrency", default="1", help="with --via-api: jobs in flight, e.g. 1,4,16")
+    b.add_argument("--follow", choices=("events", "poll"), default="events",
+                   help="with --via-api: follow each job by its server-sent events (default) or by polling its status")
     u = sub.add_parser("up", help="the whole service in one command: API + worker (+ a private Redis when "
                                   "REDIS_URL is not set); prints the page's address and, the first time, an admin key")
     u.add_argument("--host", default=None, help="default: HOST from the environment, else 127.0.0.1")
@@ -180,7 +182,7 @@ def _bench_api(args) -> int:
         return 2
     try:
         cfg = ApiBenchConfig(url=args.via_api, key=args.key, photos=args.photos, runs=args.runs,
-                             concurrency=parse_batches(args.concurrency))
+                             concurrency=parse_batches(args.concurrency), follow=args.follow)
         report = run_api_bench(cfg, log=lambda msg: print(msg, file=sys.stderr))
     except (AvatarError, httpx.HTTPError) as exc:
         print(f"avatar: error: {exc}", file=sys.stderr)

@@ -135,3 +135,15 @@ def assert_released(c, job_id: str) -> None:
     """The ledger holds the job's reservation and exactly one release (it did not complete)."""
     kinds = sorted(m["kind"] for m in c.get("/api/credits").json()["movements"] if m["job_id"] == job_id)
     assert kinds == ["release", "reserve"], kinds
+
+
+def nobody_jpeg() -> bytes:
+    """A photo with no person in it: the pipeline refuses it at detection (``no_person``), fast."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(90, 110, (480, 640, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()

@@ -4,15 +4,14 @@ its own progress, its own cancel and its own outcome. The jobs are queued while 
 so the worker finds them all waiting when it starts."""
 from __future__ import annotations
 
-import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from service_procs import api_server, run_avatar, worker
-from stack import (FINAL, Stack, assert_charged_once, assert_released, create, objects, service_env, upload,
-                   wait_status)
+from stack import (FINAL, Stack, assert_charged_once, assert_released, create, nobody_jpeg, objects, service_env,
+                   upload, wait_status)
 
 pytestmark = pytest.mark.slow
 
@@ -26,16 +25,6 @@ def stack(postgres, s3, redis_url, weights_dir, tmp_path_factory):
         st.keys = {"acme": st.key("acme")}
         assert run_avatar(env, cwd, "credits", "grant", "--tenant", "acme", "10").returncode == 0
         yield st
-
-
-def nobody_jpeg() -> bytes:
-    """A photo with no person in it: the pipeline refuses it at detection."""
-    import numpy as np
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(90, 110, (480, 640, 3), dtype=np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()
 
 
 def watch(c, job_ids: list[str], timeout: float = 600, on_doc=None) -> dict[str, list[dict]]:
