@@ -46,10 +46,6 @@ class BatchingPipeline:
         self._free.set()
         self._driver: asyncio.Task | None = None
 
-    @property
-    def busy(self) -> bool:
-        return not self._free.is_set()
-
     async def until_free(self) -> None:
         """Returns once no batch runs: the worker takes more jobs then, not while it could only hold them."""
         await self._free.wait()
@@ -112,8 +108,13 @@ class BatchingPipeline:
             self._free.set()
 
     async def _run(self, batch: list[_Entry]) -> None:
+        for e in [e for e in batch if e.cancel.is_set()]:  # cancelled while the batch was gathered
+            _settle(e, exc=CancelledError("cancelled before it ran"))
+            batch.remove(e)
         for e in batch:
             e.batch_size = len(batch)
+        if not batch:
+            return
         if len(batch) == 1:
             await self._alone(batch[0])
             return

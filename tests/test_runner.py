@@ -140,3 +140,45 @@ def test_a_job_another_worker_runs_is_not_taken_again(tmp_path, redis_url):
         return status, await k.job(job.id), pipe.started.is_set()
     status, job, ran = run_kit(tmp_path, redis_url, scenario)
     assert (status, job.worker, job.attempts, ran) == ("processing", "w:9:zz", 1, False)
+
+
+class BatchPipeline(SlowPipeline):
+    """Records the batches it is given; ``run`` is a batch of one."""
+
+    def __init__(self):
+        super().__init__()
+        self.release.set()
+        self.batches: list[int] = []
+        self.first_start: float | None = None
+
+    def run(self, job, on_stage=None, cancel=None) -> Result:
+        return self.run_batch([job], on_stage, cancel)[0]
+
+    def run_batch(self, jobs, on_stage=None, cancel=None) -> list[Result]:
+        self.first_start = self.first_start or time.monotonic()
+        self.batches.append(len(jobs))
+        return [SlowPipeline.run(self, job, on_stage, cancel) for job in jobs]
+
+
+def test_a_job_taken_alone_starts_at_once_whatever_the_batch_window(tmp_path, redis_url):
+    async def scenario(k):
+        pipe = BatchPipeline()
+        job = await k.new_job()
+        t0 = time.monotonic()
+        status = await runner(k, pipe).run(job.id)
+        return status, pipe.first_start - t0, pipe.batches
+    status, waited, batches = run_kit(tmp_path, redis_url, scenario, worker_batch=4, worker_batch_wait_ms=3000)
+    assert status == "completed" and batches == [1]
+    assert waited < 1.5, waited  # nothing else was on its way: no wait for the 3 s window
+
+
+def test_jobs_taken_together_are_run_as_one_batch(tmp_path, redis_url):
+    async def scenario(k):
+        pipe = BatchPipeline()
+        r = runner(k, pipe)
+        made = [await k.new_job() for _ in range(3)]
+        statuses = await asyncio.gather(*(r.run(j.id) for j in made))
+        return statuses, pipe.batches, [(await k.job(j.id)).timings["batch_size"] for j in made]
+    statuses, batches, sizes = run_kit(tmp_path, redis_url, scenario, worker_batch=4, worker_batch_wait_ms=3000)
+    assert statuses == ["completed"] * 3
+    assert batches == [3] and sizes == [3, 3, 3]
