@@ -80,6 +80,22 @@ def test_a_worker_alive_but_on_another_job_has_lost_this_one(tmp_path, redis_url
     assert done.requeued == [job_id]
 
 
+def test_every_job_of_a_batching_workers_batch_is_its_own_while_it_beats(tmp_path, redis_url):
+    """A worker fitting a batch beats with all of its jobs; none of them is taken from it, even
+    quiet for minutes (no progress between a long fit's start and end), only one it dropped."""
+    async def scenario(k, reaper):
+        old = utcnow() - timedelta(seconds=120)
+        held = [await k.new_job(jobs.PROCESSING, worker="w:1:ab", attempts=1, updated_at=old) for _ in range(2)]
+        dropped = await k.new_job(jobs.PROCESSING, worker="w:1:ab", attempts=1, updated_at=old)
+        await queue.beat(k.redis, "w:1:ab", {"name": "w:1:ab", "queue": k.settings.queue_name,
+                                             "current_job": held[0].id, "current_jobs": [j.id for j in held]}, 30)
+        done = await reaper.sweep()
+        return done, [(await k.job(j.id)).status for j in held], dropped.id
+    done, statuses, dropped = sweep_once(tmp_path, redis_url, scenario)
+    assert statuses == ["processing", "processing"]
+    assert done.requeued == [dropped]
+
+
 def test_a_job_past_its_deadline_fails_and_its_worker_is_told_to_stop(tmp_path, redis_url):
     async def scenario(k, reaper):
         created = utcnow() - timedelta(seconds=k.settings.job_deadline_seconds + 1)
