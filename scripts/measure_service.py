@@ -5,9 +5,11 @@ over a real Redis, SQLite and a local storage folder, as BENCHMARKS.md's --via-a
   worker's own log split (pipeline load, warm-up);
 - enqueue → worker start: ``started_at − created_at`` of jobs created one at a time on an idle
   worker (a photo with nobody in it: the job ends at detection, so many samples are cheap);
-- optionally ``avatar bench --via-api`` (``--bench-runs N``): the service's overhead over the pipeline.
+- optionally ``avatar bench --via-api`` (``--bench-runs N``): the service's overhead over the pipeline,
+  each job followed by its server-sent events, or polled (``--bench-follow poll``; ``events,poll``
+  runs both against the same stack).
 
-    .venv/bin/python scripts/measure_service.py [--jobs 30] [--bench-runs 6]
+    .venv/bin/python scripts/measure_service.py [--jobs 30] [--bench-runs 6] [--bench-follow events,poll]
 """
 from __future__ import annotations
 
