@@ -541,6 +541,21 @@ class Fitter:
         return scale, mesh_volume(standing, self.faces) * scale**3 * DENSITY
 
     @torch.no_grad()
+    def _read_widths(self, shape, target: FitTarget, limbs, stand, rot, trans, K, height_m: float):
+        """The trunk's width bands of the mask and of the body as fitted so far (its own
+        rasterised silhouette: what a mask of this body would show against its vertices'
+        extents, pixel edges, skin that follows the arms; stage C adds the difference to the
+        model's widths so both sides are read alike) → (uv (V, 2) pixels, mask's, body's)."""
+        st, _, _, to_cam = self._posed_camera(shape[None], limbs, stand, rot, trans, height_m)
+        def project(x):
+            return (x[..., :2] / x[..., 2:3].clamp(min=1e-3) * K[:1] + K[1:])[0].cpu().numpy()
+
+        uv, kp_uv = project(to_cam(st.vertices)), project(to_cam(st.keypoints))
+        wt = W.mask_widths(target.mask, uv, self.part_labels, kp_uv)
+        own = W.mask_widths(W.rasterize(uv, self.body.faces, target.mask.shape), uv, self.part_labels, kp_uv)
+        return uv, wt, own
+
+    @torch.no_grad()
     def _shape_residuals(self, shape, subject: Subject, target: FitTarget, limbs, stand, rot, trans,
                          K, height_m: float, weight_kg: float | None, learned=None):
         """The residuals stage C minimises, as a function of candidate shapes (N, S) → (N, R):
@@ -554,14 +569,7 @@ class Fitter:
         def project(x):
             return x[..., :2] / x[..., 2:3].clamp(min=1e-3) * K[:1] + K[1:]
 
-        st, _, _, to_cam = self._posed_camera(shape[None], limbs, stand, rot, trans, height_m)
-        uv = project(to_cam(st.vertices))[0].cpu().numpy()
-        kp_uv = project(to_cam(st.keypoints))[0].cpu().numpy()
-        wt = W.mask_widths(target.mask, uv, self.part_labels, kp_uv)
-        # the same measurement on the model's own silhouette: what a mask of this body would
-        # show against its vertices' extents (pixel edges, skin that follows the arms): the
-        # offset is added to the model's widths so both sides are read alike
-        own = W.mask_widths(W.rasterize(uv, self.body.faces, target.mask.shape), uv, self.part_labels, kp_uv)
+        uv, wt, own = self._read_widths(shape, target, limbs, stand, rot, trans, K, height_m)
         t_lo, t_hi = W.band_extents(torch.as_tensor(uv[None][:, self.trunk_idx.cpu().numpy()]),
                                     torch.as_tensor(wt.edges))
         use = wt.valid & own.valid
@@ -616,14 +624,7 @@ class Fitter:
                         K, height_m: float) -> np.ndarray | None:
         """The learned prior's features of one photo (``shape_prior.photo_features``) for the body
         as fitted so far."""
-        def project(x):
-            return x[..., :2] / x[..., 2:3].clamp(min=1e-3) * K[:1] + K[1:]
-
-        st, _, _, to_cam = self._posed_camera(shape[None], limbs, stand, rot, trans, height_m)
-        uv = project(to_cam(st.vertices))[0].cpu().numpy()
-        kp_uv = project(to_cam(st.keypoints))[0].cpu().numpy()
-        wt = W.mask_widths(target.mask, uv, self.part_labels, kp_uv)
-        own = W.mask_widths(W.rasterize(uv, self.body.faces, target.mask.shape), uv, self.part_labels, kp_uv)
+        _, wt, own = self._read_widths(shape, target, limbs, stand, rot, trans, K, height_m)
         return photo_features(subject.height_cm, subject.weight_kg, subject.gender, wt, own,
                               np.asarray(target.keypoints), shape[free > 0].cpu().numpy())
 
