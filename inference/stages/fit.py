@@ -26,6 +26,7 @@ Batch-first: B photos are fitted together (one body forward per step for all of 
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from inference.bodies.base import LIMB, LIMBS, BodyModel, rotvec_to_matrix
 from inference.stages import widths as W
 from inference.stages.detect import crossed_sides
-from inference.stages.shape_prior import ShapePrior, photo_features
+from inference.stages.shape_prior import PRIOR_FILE, ShapePrior, photo_features
 from inference.types import Camera, Subject, focal_px_from_35mm
 
 DENSITY = 985.0  # kg/m³, whole human body (with lungs); literature 985-1010
@@ -82,16 +83,28 @@ class FitConfig:
     shape_solve: bool = True
     shape_iterations: int = 12
     coarse_grid: int = 7  # muscle values tried before stage C (see Fitter._coarse_start)
-    sigma_width_cm: float = 0.5  # per band (2.5 with the learned prior: see ``learned_prior``)
-    # bands further off than this many sigmas count linearly, not squared: an arm or a shadow
-    # that the segmenter joined to the trunk must not decide the shape
+    # stage C's spreads: per width band (cm; bands further off than ``width_huber`` sigmas count
+    # linearly, not squared: an arm or a shadow that the segmenter joined to the trunk must not
+    # decide the shape), of the mass against the typed weight (relative: people misreport their
+    # weight by a few kg, so the photo may pull against it) and where the clothes' offset centres
+    # (below). These hold where the learned prior predicts the shape; the ``plain_*`` ones where
+    # it does not (``learned_prior`` off, another body model, a silhouette with too few bands),
+    # which then has only the population's middle to lean on and trusts the widths and the weight
+    # more. Tuned on the dev split (README, accuracy): with the learned prior a band is trusted
+    # less (its reading is in the prior's features already) and the typed weight too (a weight
+    # 5 kg off moved the girths by as much again as the photo corrected)
+    sigma_width_cm: float = 2.5
     width_huber: float = 3.0
-    # relative: people misreport their weight by a few kg, so the photo may pull against it
-    sigma_mass: float = 0.03
+    sigma_mass: float = 0.05
+    cloth_mean_cm: float = 1.0
+    plain_sigma_width_cm: float = 0.5
+    plain_sigma_mass: float = 0.03
+    plain_cloth_mean_cm: float = 0.0
     # clothes: the trunk's silhouette is the clothes' outline and the body lies inside it. Stage
     # C solves, beside the shape, how far the clothes stand off the body on each side (cm) at the
-    # hips and under the arms (linear between), each in [0, cloth_max_cm] and pulled toward 0 by
-    # sigma_cloth_cm: a silhouette wider than the typed weight allows is read as cloth
+    # hips and under the arms (linear between), each in [0, cloth_max_cm] and pulled toward
+    # ``cloth_mean_cm`` by sigma_cloth_cm: a silhouette wider than the typed weight allows is
+    # read as cloth
     cloth_gap: bool = True
     cloth_max_cm: float = 4.0
     sigma_cloth_cm: float = 1.5
@@ -101,10 +114,8 @@ class FitConfig:
     # the learned prior (``shape_prior``): stage C pulls the shape toward what the photo's
     # features predict, by the prediction's cross-validated spread times ``prior_scale``,
     # instead of toward the population's middle (off, or where the body model has none: the
-    # latter). Opt-in for now: with sigma_width_cm=2.5 it lowers the frozen test split's means
-    # (chest/waist/hip 1.8/1.3/1.4 → 1.5/1.1/1.0 cm) but makes inputs off by ±2 cm/±5 kg worse
-    # (2.1/2.5/2.4 → 2.6/3.0/2.8) and the worst waist 4.3 → 7.0: the README's accuracy section
-    learned_prior: bool = False
+    # latter)
+    learned_prior: bool = True
     prior_scale: float = 1.0
     record_prior_features: bool = False  # keep the features in the diagnostics (training)
 
@@ -206,6 +217,10 @@ class Fitter:
         self.part_labels = labels
         self.trunk_idx = torch.as_tensor(np.flatnonzero(labels == W.TRUNK), device=body.device)
         self.prior = ShapePrior.load() if body.name == "anny" and self.config.learned_prior else None
+        if self.prior is None and body.name == "anny" and self.config.learned_prior:
+            logging.getLogger(__name__).warning(
+                "the learned shape prior (%s) is missing: the fit falls back to the population's "
+                "middle (`avatar eval train-prior` rebuilds it)", PRIOR_FILE)
         self.prior_idx = None
         if self.prior is not None:
             self.prior_idx = torch.as_tensor([body.shape_names.index(n) for n in self.prior.outputs],
@@ -591,6 +606,11 @@ class Fitter:
         centre = 0.5 * (edges[:-1] + edges[1:])[valid]
         pos = ((edges[-1] - centre) / (edges[-1] - edges[0])).clamp(0.0, 1.0)
 
+        if learned is not None:
+            sigma_w, sigma_m, cloth_mean = cfg.sigma_width_cm, cfg.sigma_mass, cfg.cloth_mean_cm
+        else:
+            sigma_w, sigma_m, cloth_mean = cfg.plain_sigma_width_cm, cfg.plain_sigma_mass, cfg.plain_cloth_mean_cm
+
         def residuals(P):  # (N, S + N_CLOTH) → (N, R)
             X, gap = P[:, :n_shape], P[:, n_shape:]
             st, scale, mass, to_cam = self._posed_camera(X, limbs, stand, rot, trans, height_m)
@@ -601,13 +621,13 @@ class Fitter:
                 model_h = uv[..., 1].amax(-1) - uv[..., 1].amin(-1) + h_bias
                 width = width * (wt.height_px / model_h)[:, None]
             cloth = 2.0 * (gap[:, :1] * (1 - pos) + gap[:, 1:2] * pos) if cfg.cloth_gap else 0.0
-            r = torch.nan_to_num(((width - want) * cm_per_px + cloth) / cfg.sigma_width_cm, nan=0.0,
+            r = torch.nan_to_num(((width - want) * cm_per_px + cloth) / sigma_w, nan=0.0,
                                  posinf=0.0, neginf=0.0)
             res = [huber_residual(r, cfg.width_huber)]
             if cfg.cloth_gap:
-                res.append(gap / cfg.sigma_cloth_cm)
+                res.append((gap - cloth_mean) / cfg.sigma_cloth_cm)
             if weight_kg is not None:
-                res.append(((mass - weight_kg) / weight_kg / cfg.sigma_mass)[:, None])
+                res.append(((mass - weight_kg) / weight_kg / sigma_m)[:, None])
             if body.natural_height:
                 res.append(((1.0 / scale - 1.0) / cfg.sigma_natural_height)[:, None])
             if learned is not None:  # the learned prediction and its spread
