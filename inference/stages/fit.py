@@ -142,7 +142,11 @@ def intrinsics(width: int, height: int, focal_35mm: float | None) -> tuple[float
 
 def mesh_volume(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """(B, V, 3), (F, 3) → (B,) enclosed volume (divergence theorem; closed surface)."""
-    v0, v1, v2 = vertices[:, faces[:, 0]], vertices[:, faces[:, 1]], vertices[:, faces[:, 2]]
+    if torch.is_grad_enabled() and vertices.requires_grad:
+        # indexing's backward (one accumulate per corner) is ~2x faster than index_select's
+        v0, v1, v2 = vertices[:, faces[:, 0]], vertices[:, faces[:, 1]], vertices[:, faces[:, 2]]
+    else:  # the same values, gathered ~4x faster
+        v0, v1, v2 = (vertices.index_select(1, corner) for corner in faces.T.contiguous())
     return (torch.cross(v0, v1, dim=-1) * v2).sum(-1).sum(-1).abs() / 6.0
 
 
@@ -343,7 +347,9 @@ class Fitter:
                         # over all distances (and its gradient) without a backward through the
                         # (contour × vertices) distance matrix
                         with torch.no_grad():
-                            nearest = torch.cdist(term.contour, uv_v[i]).argmin(1)
+                            # min(1).indices: argmin's first-minimum index (ties, NaN alike),
+                            # ~3x faster on CPU than argmin over this (400, V/3) matrix
+                            nearest = torch.cdist(term.contour, uv_v[i]).min(1).indices
                         d_cover = (term.contour - uv_v[i][nearest]).norm(dim=-1) / pix_h[i]
                         loss = loss + cfg.w_cover * 100.0 * (d_cover**2).mean()
                     excess = (limbs - self.limb_hi).clamp(min=0) + (self.limb_lo - limbs).clamp(min=0)
