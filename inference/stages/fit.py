@@ -153,7 +153,11 @@ def intrinsics(width: int, height: int, focal_35mm: float | None) -> tuple[float
 
 def mesh_volume(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """(B, V, 3), (F, 3) → (B,) enclosed volume (divergence theorem; closed surface)."""
-    v0, v1, v2 = vertices[:, faces[:, 0]], vertices[:, faces[:, 1]], vertices[:, faces[:, 2]]
+    if torch.is_grad_enabled() and vertices.requires_grad:
+        # indexing's backward (one accumulate per corner) is ~2x faster than index_select's
+        v0, v1, v2 = vertices[:, faces[:, 0]], vertices[:, faces[:, 1]], vertices[:, faces[:, 2]]
+    else:  # the same values, gathered ~4x faster
+        v0, v1, v2 = (vertices.index_select(1, corner) for corner in faces.T.contiguous())
     return (torch.cross(v0, v1, dim=-1) * v2).sum(-1).sum(-1).abs() / 6.0
 
 
@@ -358,7 +362,9 @@ class Fitter:
                         # over all distances (and its gradient) without a backward through the
                         # (contour × vertices) distance matrix
                         with torch.no_grad():
-                            nearest = torch.cdist(term.contour, uv_v[i]).argmin(1)
+                            # min(1).indices: argmin's first-minimum index (ties, NaN alike),
+                            # ~3x faster on CPU than argmin over this (400, V/3) matrix
+                            nearest = torch.cdist(term.contour, uv_v[i]).min(1).indices
                         d_cover = (term.contour - uv_v[i][nearest]).norm(dim=-1) / pix_h[i]
                         loss = loss + cfg.w_cover * 100.0 * (d_cover**2).mean()
                     excess = (limbs - self.limb_hi).clamp(min=0) + (self.limb_lo - limbs).clamp(min=0)
@@ -613,8 +619,12 @@ class Fitter:
 
         def residuals(P):  # (N, S + N_CLOTH) → (N, R)
             X, gap = P[:, :n_shape], P[:, n_shape:]
-            st, scale, mass, to_cam = self._posed_camera(X, limbs, stand, rot, trans, height_m)
-            uv = project(to_cam(st.vertices))
+            # candidates that differ only in the clothes' offsets (the coarse search's gap
+            # starts, the Jacobian's cloth columns) share one body forward
+            shapes, inverse = distinct_rows(X)
+            st, scale, mass, to_cam = self._posed_camera(shapes, limbs, stand, rot, trans, height_m)
+            uv = project(to_cam(st.vertices))[inverse]
+            scale, mass = scale[inverse], mass[inverse]
             lo, hi = W.band_extents(uv[:, self.trunk_idx], edges)
             width = (hi - lo)[:, valid] + bias
             if cfg.widths_relative:  # read against the body's height in pixels, not the camera distance
@@ -666,6 +676,19 @@ class Fitter:
             "keypoint_error_median_rel": float(np.median(err[seen]) / ph) if seen.any() else None,
             "vertices_in_silhouette": frac_in,
         }
+
+
+def distinct_rows(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, S) → (the distinct rows (M, S), inverse (N,): ``rows[inverse]`` is ``X``), M ≥ 2 where
+    N ≥ 2: the body models' forwards (Anny; SMPL, checked on the synthetic model) give a row the
+    same bits at any batch of 2 or more on CPU (checked up to 24), not at batch 1 (other
+    kernels), so a deduplicated batch changes no result."""
+    if len(X) < 2:
+        return X, torch.arange(len(X), device=X.device)
+    rows, inverse = torch.unique(X, dim=0, return_inverse=True)
+    if len(rows) == len(X):
+        return X, torch.arange(len(X), device=X.device)
+    return (rows.expand(2, -1) if len(rows) == 1 else rows), inverse
 
 
 def huber_residual(r: torch.Tensor, k: float) -> torch.Tensor:
