@@ -33,3 +33,53 @@ def test_a_thin_line_of_the_persons_colour_does_not_join_the_mask():
     assert mask[400, 400] and mask[900, 364] and mask[900, 436]  # trunk and both legs
     # the line beside the legs (inside the box, outside the figure) stays background
     assert not mask[856:865, 304:330].any() and not mask[856:865, 470:496].any()
+
+
+def _figure_spread_legs(rng_seed: int = 1) -> tuple[np.ndarray, np.ndarray, Detection]:
+    """A figure with its legs apart in dark trousers on a dark, busy background, and the leg
+    keypoints where a small detector puts them on such photos: in the gap between the legs, left
+    and right the wrong way round. → (photo, the legs' true pixels, detection)."""
+    rng = np.random.default_rng(rng_seed)
+    img = np.clip(rng.normal(45, 4, (1200, 800, 3)), 0, 255).astype(np.uint8)
+    for y in range(0, 1200, 40):  # a grid pattern of lines a little lighter than the trousers
+        img[y:y + 3] = (60, 70, 65)
+    for x in range(0, 800, 40):
+        img[:, x:x + 3] = (60, 70, 65)
+    cv2.circle(img, (400, 180), 60, (200, 160, 130), -1)
+    cv2.rectangle(img, (330, 240), (470, 640), (150, 140, 60), -1)
+    legs = np.zeros(img.shape[:2], np.uint8)
+    cv2.fillConvexPoly(legs, np.array([(332, 640), (398, 640), (330, 1120), (270, 1120)]), 1)
+    cv2.fillConvexPoly(legs, np.array([(402, 640), (468, 640), (530, 1120), (470, 1120)]), 1)
+    img[legs > 0] = (35, 38, 70)
+    kp = np.array([
+        (400, 170), (384, 160), (416, 160), (370, 170), (430, 170),
+        (350, 260), (450, 260), (300, 400), (500, 400), (270, 520), (530, 520),  # arms out
+        (436, 640), (364, 640), (380, 880), (420, 880), (375, 1100), (425, 1100),  # legs: in the gap, swapped
+    ], np.float64)
+    cv2.line(img, (350, 260), (270, 520), (200, 160, 130), 26)
+    cv2.line(img, (450, 260), (530, 520), (200, 160, 130), 26)
+    keypoints = np.concatenate([kp, np.ones((17, 1))], 1)
+    return img, legs > 0, Detection(box=np.array([250.0, 110.0, 550.0, 1130.0]), score=0.9, keypoints=keypoints)
+
+
+def test_legs_the_detector_put_in_the_gap_are_still_segmented():
+    img, legs, det = _figure_spread_legs()
+    mask = grabcut_person(img, det)
+    assert mask[400, 400]  # the trunk
+    # most of both legs is person, and the gap between them (where the keypoints are) is not
+    assert (mask & legs).sum() > 0.8 * legs.sum()
+    assert not mask[900:1000, 395:405].any()
+
+
+def test_a_hand_beyond_the_wrist_is_not_cut_off():
+    """The envelope around the skeleton (outside it: surely background) reaches past the wrist
+    as far as a hand does."""
+    img, det = _figure_with_a_line()
+    img[859:862] = 150  # no line this time
+    kp = det.keypoints.copy()
+    kp[[7, 9], :2] = [(290, 380), (230, 500)]  # the left arm out to the side, a hand beyond it
+    cv2.line(img, (350, 260), (290, 380), BODY, 24)
+    cv2.line(img, (290, 380), (230, 500), BODY, 20)
+    cv2.line(img, (230, 500), (190, 590), BODY, 22)  # the hand: ~0.1 of the body's height
+    mask = grabcut_person(img, Detection(np.array([180.0, 110.0, 500.0, 1130.0]), det.score, kp))
+    assert mask[575:585, 195:202].any()  # the fingertips

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.eval.generate import photo_path
+from inference.eval.generate import describe, photo_path
 from inference.stages.measure import MEASUREMENTS
 from inference.types import Subject
 
@@ -99,6 +99,8 @@ def run_fit_only(set_dir: Path, device: str = "cpu", fit=None, inputs: str = "ex
         for m in MEASUREMENTS:
             errs[m].append(signed[m])
         per_case.append({"case": case.name, "error_cm": signed, "mass_kg": round(f.mass_kg, 1),
+                         "mask_iou": mask_iou(case, observed[case.name]["mask"]),
+                         "scene": describe(t.get("scene")),
                          "truth_phenotypes": t["phenotypes"], "shape": f.shape[0].tolist(),
                          "prior_mean": f.diagnostics.get("prior_mean"),
                          "prior_features": f.diagnostics.get("prior_features")})
@@ -108,15 +110,32 @@ def run_fit_only(set_dir: Path, device: str = "cpu", fit=None, inputs: str = "ex
             "max": {m: round(float(np.max(np.abs(e))), 2) for m, e in errs.items()},
             "bias": {m: round(float(np.mean(e)), 2) for m, e in errs.items()},
             "inputs": inputs,
+            "mask_iou": {"mean": round(float(np.mean([c["mask_iou"] for c in per_case])), 4),
+                         "min": round(float(np.min([c["mask_iou"] for c in per_case])), 4)},
             "baseline": {"mean": {m: round(float(np.mean(e)), 2) for m, e in base_errs.items()},
                          "max": {m: round(float(np.max(e)), 2) for m, e in base_errs.items()}},
             "per_case": per_case}
 
 
-def format_fit_only(r: dict) -> str:
+def mask_iou(case: Path, mask: np.ndarray) -> float:
+    """The segmenter's mask against the perfect one (``truth_mask.png``, at the photo's size)."""
+    from PIL import Image
+
+    truth = np.asarray(Image.open(case / "truth_mask.png").resize(mask.shape[::-1], Image.NEAREST)) > 0
+    return round(float((mask & truth).sum() / max((mask | truth).sum(), 1)), 4)
+
+
+def format_fit_only(r: dict, worst: int = 5) -> str:
     b = r["baseline"]
     lines = [f"inputs: {r['inputs']}; {r['cases']} photos; cm",
              "measurement       mean   max   bias   baseline mean/max",
              *(f"{m:16s} {r['mean'][m]:5.2f} {r['max'][m]:5.2f} {r['bias'][m]:+5.2f}   {b['mean'][m]:5.2f} / {b['max'][m]:5.2f}"
-               for m in MEASUREMENTS)]
+               for m in MEASUREMENTS),
+             f"mask IoU against the true silhouette: mean {r['mask_iou']['mean']:.3f}, min {r['mask_iou']['min']:.3f}",
+             "worst photos (chest/waist/hip error, cm; mask IoU) and what was unusual:"]
+    girth = lambda c: max(abs(c["error_cm"][m]) for m in ("chest", "waist", "hip"))  # noqa: E731
+    for c in sorted(r["per_case"], key=girth, reverse=True)[:worst]:
+        e = c["error_cm"]
+        lines.append(f"  {c['case']}: chest {e['chest']:+.1f} waist {e['waist']:+.1f} hip {e['hip']:+.1f}; "
+                     f"IoU {c['mask_iou']:.2f} — {c['scene']}")
     return "\n".join(lines)

@@ -21,6 +21,11 @@ SKELETON = (
 )
 GRABCUT_SIDE = 540  # GrabCut works on a crop scaled to this longest side (speed vs edge accuracy)
 GRABCUT_ITERS = 4
+# of the person's box height: nothing of the person lies further from the skeleton (a hand
+# beyond the wrist ~0.11 of the stature, a heavy hip beyond the hip joint ~0.09, loose clothes)
+ENVELOPE = 0.14
+# below the hips less than this share of the person's area above them: GrabCut lost the legs
+LEGS_LOST = 0.35
 THIN_LINE = 0.005  # of the person's box height: thinner foreground is dropped (~5 px at 1000)
 
 
@@ -79,21 +84,36 @@ def grabcut_person(image: np.ndarray, subject: Detection) -> np.ndarray:
     body_h = max(by2 - by1, 1)
     # limbs the detector got the wrong way round are not drawn: their lines would claim the
     # background between the legs as surely person
-    kp[crossed_sides(kp, 0.02 * body_h), 2] = 0.0
+    crossed = crossed_sides(kp, 0.02 * body_h)
+    kp[crossed, 2] = 0.0
     # a fat skeleton = probably person, a thin one = surely person; limbs as thick as limbs are
     # (a fatter arm line would claim the background between the arm and the torso), and the
     # head's oval (else dark hair can go to the background, and the top of the head with it)
     _draw_skeleton(mask, kp, max(2, int(0.05 * body_h)), max(2, int(0.03 * body_h)), cv2.GC_PR_FGD)
     _draw_head(mask, kp, 0.075 * body_h, cv2.GC_PR_FGD)
     _draw_skeleton(mask, kp, max(1, int(0.015 * body_h)), max(1, int(0.012 * body_h)), cv2.GC_FGD)
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.setRNGSeed(0)
-    try:
-        cv2.grabCut(np.ascontiguousarray(small[:, :, ::-1]), mask, None, bgd, fgd, GRABCUT_ITERS,
-                    cv2.GC_INIT_WITH_MASK)
-    except cv2.error:
-        pass  # degenerate colour models: keep the seeded mask
-    fg = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    # what lies further from the whole skeleton than any part of a person can (a hand beyond
+    # the wrist, a belly, loose clothes) is surely background: a background object behind the
+    # person then teaches GrabCut its colour where it shows beside the body, and is not taken
+    # for the person where it fills the gap between an arm and the trunk
+    far = _beyond_reach(kp, mask.shape, ENVELOPE * body_h)
+    if far is not None:
+        mask[far & (mask == cv2.GC_PR_BGD)] = cv2.GC_BGD
+    seeds = mask.copy()
+    fg = _grabcut(small, mask)
+    if {13, 15} & set(crossed) and min(kp[11, 2], kp[12, 2]) >= 0.3:
+        # the legs were not drawn (the detector put them in the gap between them): where GrabCut
+        # then lost them to a background of similar colours, it runs again with the box below
+        # the hips as probably person, so it learns the trousers' colours
+        hips = kp[[11, 12], :2]
+        top = int(round(hips[:, 1].mean()))
+        if fg[top:].sum() < LEGS_LOST * fg[:top].sum():
+            mid, half = hips[:, 0].mean(), max(abs(hips[0, 0] - hips[1, 0]), 0.08 * body_h)
+            legs = np.array([[mid - half, top], [mid + half, top], [bx2, by2], [bx1, by2]])
+            region = np.zeros_like(seeds)
+            cv2.fillConvexPoly(region, np.round(legs).astype(np.int32), 1)
+            seeds[(region > 0) & (seeds == cv2.GC_PR_BGD)] = cv2.GC_PR_FGD
+            fg = _grabcut(small, seeds)
     fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
     # thin lines of background that match the person's colours (a wall's edge against the
     # floor, a pole) would join the body and bend the fit's outline toward them: opened away at
@@ -111,6 +131,32 @@ def grabcut_person(image: np.ndarray, subject: Detection) -> np.ndarray:
 
 
 ARMS = {(5, 7), (7, 9), (6, 8), (8, 10)}
+
+
+def _grabcut(small: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """GrabCut from the seeded ``mask`` (changed in place) → (h, w) uint8 foreground."""
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)
+    try:
+        cv2.grabCut(np.ascontiguousarray(small[:, :, ::-1]), mask, None, bgd, fgd, GRABCUT_ITERS,
+                    cv2.GC_INIT_WITH_MASK)
+    except cv2.error:
+        pass  # degenerate colour models: keep the seeded mask
+    return np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+
+
+def _beyond_reach(kp: np.ndarray, shape: tuple[int, int], reach: float) -> np.ndarray | None:
+    """(H, W) bool: further than ``reach`` pixels from the skeleton (limbs, the torso's
+    quadrilateral, the face); None unless every limb and torso keypoint and a face keypoint
+    was seen (a limb not drawn would be cut off)."""
+    if reach < 2 or not (kp[5:17, 2] >= 0.3).all() or not (kp[:5, 2] >= 0.3).any():
+        return None
+    drawn = np.zeros(shape, np.uint8)
+    _draw_skeleton(drawn, kp, 1, 1, 1)
+    _draw_head(drawn, kp, 1.0, 1)
+    face = kp[:5][kp[:5, 2] >= 0.3, :2].mean(0)
+    cv2.circle(drawn, (int(round(face[0])), int(round(face[1]))), 1, 1, -1)
+    return cv2.distanceTransform((drawn == 0).astype(np.uint8), cv2.DIST_L2, 5) > reach
 
 
 def _draw_skeleton(mask: np.ndarray, kp: np.ndarray, thickness: int, arm_thickness: int, value: int) -> None:

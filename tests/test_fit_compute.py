@@ -1,0 +1,65 @@
+"""How the fit computes, not what it finds: the faster forms give the slower ones' bits."""
+import torch
+
+from inference.bodies.anny_body import dense_blend_skinning
+from inference.stages.fit import distinct_rows, mesh_volume
+
+
+def test_distinct_rows_rebuild_the_batch_and_keep_two_rows_or_more():
+    X = torch.tensor([[0.1, 0.2], [0.3, 0.4], [0.1, 0.2], [0.3, 0.4], [0.5, 0.6]])
+    rows, inverse = distinct_rows(X)
+    assert len(rows) == 3 and torch.equal(rows[inverse], X)
+    same = X[:1].repeat(3, 1)
+    rows, inverse = distinct_rows(same)
+    assert len(rows) == 2 and torch.equal(rows[inverse], same)  # batch 1 runs other kernels
+    rows, inverse = distinct_rows(X[:1])
+    assert torch.equal(rows, X[:1]) and inverse.tolist() == [0]
+
+
+def test_the_stage_c_residuals_of_a_deduplicated_batch_are_the_full_batchs(anny_body):
+    """Anny's forward gives each row the same bits at any batch of 2 or more (what
+    ``distinct_rows`` relies on); batch 1 is left as it is."""
+    from inference.stages.fit import Fitter
+
+    fitter = Fitter(anny_body)
+    gen = torch.Generator().manual_seed(0)
+    X = anny_body.clamp_shape(torch.rand(12, 6, generator=gen))
+    stand = anny_body.standard_pose(X[:1], "apose")[0]
+    limbs = stand + 0.05 * torch.randn(stand.shape, generator=gen)
+    rot, trans = torch.tensor([0.1, 0.2, 0.05]), torch.tensor([0.0, 0.1, 3.0])
+    with torch.no_grad():
+        full, scale, mass, _ = fitter._posed_camera(X, limbs, stand, rot, trans, 1.75)
+        for part in (X[:2], X[3:8], X[::4]):
+            anny_body._rest_cache = ()
+            st, s, m, _ = fitter._posed_camera(part, limbs, stand, rot, trans, 1.75)
+            rows = [int((X == r).all(1).nonzero()[0]) for r in part]
+            assert torch.equal(st.vertices, full.vertices[rows])
+            assert torch.equal(s, scale[rows]) and torch.equal(m, mass[rows])
+
+
+def test_dense_skinning_gives_annys_values_and_gradients(anny_body):
+    from anny.skinning.skinning import dense_linear_blend_skinning
+
+    weights = anny_body.model.dense_vertex_bone_weights
+    gen = torch.Generator().manual_seed(0)
+    for batch in (1, 2, 5):
+        vertices = torch.randn(batch, weights.shape[0], 3, generator=gen, requires_grad=True)
+        transforms = torch.randn(batch, weights.shape[1], 4, 4, generator=gen, requires_grad=True)
+        grad_out = torch.randn(batch, weights.shape[0], 3, generator=gen)
+        ours = dense_blend_skinning(vertices, weights, transforms)
+        annys = dense_linear_blend_skinning(vertices, weights, transforms)
+        assert torch.equal(ours, annys)
+        for a, b in zip(torch.autograd.grad(ours, (vertices, transforms), grad_out),
+                        torch.autograd.grad(annys, (vertices, transforms), grad_out)):
+            assert torch.equal(a, b)
+
+
+def test_mesh_volume_is_the_same_with_and_without_a_gradient(anny_body):
+    faces = torch.as_tensor(anny_body.faces)
+    shape = torch.tensor([[0.0, 0.8, 0.5, 0.5, 0.5, 0.5], [1.0, 0.8, 0.3, 0.7, 0.4, 0.5]])
+    vertices = anny_body.posed(shape, anny_body.standard_pose(shape, "apose")).vertices.detach()
+    with torch.no_grad():
+        plain = mesh_volume(vertices, faces)
+    tracked = mesh_volume(vertices.clone().requires_grad_(True), faces)
+    assert torch.equal(plain, tracked.detach())
+    assert ((plain > 0.03) & (plain < 0.2)).all()  # m³: adults
