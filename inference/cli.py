@@ -61,8 +61,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     er.add_argument("--json", dest="json_out", type=Path, default=None, help="also write the report here")
     er.add_argument("--fit", dest="fit_overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a FitConfig field for this run (ablations, before/after), e.g. cloth_gap=false")
-    er.add_argument("--fit-only", action="store_true", help="exact inputs only, the fit and the "
-                    "measurements alone on cached observations (for tuning; the README reports the full run)")
+    er.add_argument("--fit-only", action="store_true", help="the fit and the measurements alone "
+                    "on cached observations (load, detect, segment once per set; for tuning)")
     er.add_argument("--inputs", choices=("exact", "perturbed"), default="exact",
                     help="with --fit-only: the true inputs or those off by ±2 cm/±5 kg")
     et = esub.add_parser("train-prior", help="train the learned shape prior from generated renders "

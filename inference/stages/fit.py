@@ -390,10 +390,14 @@ class Fitter:
         sh, limbs, rot, trans = stage_b(shape, limbs, rot, trans, iters, True)
         solve_info: list[dict] = [{} for _ in targets]
         learned: list = [None] * B
+        # the width bands read after stage B: the learned prior's features, and stage C's first
+        # round, which starts from the same shape, pose and camera
+        reads: list = [None] * B
         if use_photo and (self.prior is not None or cfg.record_prior_features):
             for i, t in enumerate(targets):
-                feats = self._prior_features(sh[i], free[i], subjects[i], t, limbs[i], apose[i], rot[i],
-                                             trans[i], Kt[i], float(heights[i]))
+                reads[i] = self._read_widths(sh[i], t, limbs[i], apose[i], rot[i], trans[i], Kt[i],
+                                             float(heights[i]))
+                feats = self._prior_features(sh[i], free[i], subjects[i], t, reads[i])
                 if cfg.record_prior_features:
                     solve_info[i]["prior_features"] = None if feats is None else feats.tolist()
                 if feats is not None and self.prior is not None:
@@ -409,7 +413,8 @@ class Fitter:
                 for i, t in enumerate(targets):
                     sh[i], info = self._solve_shape(
                         sh[i], free[i], subjects[i], t, limbs[i], apose[i], rot[i], trans[i], Kt[i],
-                        float(heights[i]), float(weights[i]) if bool(has_w[i]) else None, learned[i])
+                        float(heights[i]), float(weights[i]) if bool(has_w[i]) else None, learned[i],
+                        reads[i] if round_ == 0 else None)
                     solve_info[i].update(info)
 
         with torch.no_grad():
@@ -473,13 +478,14 @@ class Fitter:
 
     @torch.no_grad()
     def _solve_shape(self, shape, free, subject: Subject, target: FitTarget, limbs, stand, rot, trans,
-                     K, height_m: float, weight_kg: float | None, learned=None) -> tuple[torch.Tensor, dict]:
+                     K, height_m: float, weight_kg: float | None, learned=None,
+                     read=None) -> tuple[torch.Tensor, dict]:
         """Stage C: Levenberg-Marquardt on the free shape parameters of one photo (and, with
         ``cloth_gap``, the clothes' two offsets), pose and camera fixed, on
         ``_shape_residuals``. Few parameters and a stiff mass term: a (finite-difference)
         Gauss-Newton step follows the constant-mass valley where a first-order optimiser crawls."""
         residuals, info = self._shape_residuals(shape, subject, target, limbs, stand, rot, trans, K,
-                                                height_m, weight_kg, learned)
+                                                height_m, weight_kg, learned, read)
         if residuals is None:
             return shape, info
         n_shape = shape.shape[0]
@@ -568,6 +574,7 @@ class Fitter:
         extents, pixel edges, skin that follows the arms; stage C adds the difference to the
         model's widths so both sides are read alike) → (uv (V, 2) pixels, mask's, body's)."""
         st, _, _, to_cam = self._posed_camera(shape[None], limbs, stand, rot, trans, height_m)
+
         def project(x):
             return (x[..., :2] / x[..., 2:3].clamp(min=1e-3) * K[:1] + K[1:])[0].cpu().numpy()
 
@@ -578,19 +585,20 @@ class Fitter:
 
     @torch.no_grad()
     def _shape_residuals(self, shape, subject: Subject, target: FitTarget, limbs, stand, rot, trans,
-                         K, height_m: float, weight_kg: float | None, learned=None):
+                         K, height_m: float, weight_kg: float | None, learned=None, read=None):
         """The residuals stage C minimises, as a function of candidate shapes (N, S) → (N, R):
         the trunk's width in each trusted band against the mask's (``widths``; read against the
         body's pixel height), the mass against the typed weight, the stature against the shape's
         own (``BodyModel.natural_height``) and the shape prior. The bands
         and the mask's widths are read once, with the body as fitted so far. None when the mask
-        has too few trusted bands."""
+        has too few trusted bands. ``read``: ``_read_widths`` of this shape and pose, when
+        already made."""
         cfg, body = self.config, self.body
 
         def project(x):
             return x[..., :2] / x[..., 2:3].clamp(min=1e-3) * K[:1] + K[1:]
 
-        uv, wt, own = self._read_widths(shape, target, limbs, stand, rot, trans, K, height_m)
+        uv, wt, own = read or self._read_widths(shape, target, limbs, stand, rot, trans, K, height_m)
         t_lo, t_hi = W.band_extents(torch.as_tensor(uv[None][:, self.trunk_idx.cpu().numpy()]),
                                     torch.as_tensor(wt.edges))
         use = wt.valid & own.valid
@@ -650,11 +658,10 @@ class Fitter:
         return residuals, info
 
     @torch.no_grad()
-    def _prior_features(self, shape, free, subject: Subject, target: FitTarget, limbs, stand, rot, trans,
-                        K, height_m: float) -> np.ndarray | None:
+    def _prior_features(self, shape, free, subject: Subject, target: FitTarget, read) -> np.ndarray | None:
         """The learned prior's features of one photo (``shape_prior.photo_features``) for the body
-        as fitted so far."""
-        _, wt, own = self._read_widths(shape, target, limbs, stand, rot, trans, K, height_m)
+        as fitted so far; ``read``: its ``_read_widths``."""
+        _, wt, own = read
         return photo_features(subject.height_cm, subject.weight_kg, subject.gender, wt, own,
                               np.asarray(target.keypoints), shape[free > 0].cpu().numpy())
 
