@@ -270,7 +270,7 @@ def _queue(args) -> int:
         print(f"workers: {len(view.workers)}" + ("" if view.workers else "  (none alive: start `avatar worker`)"))
         for w in view.workers:
             print(f"  {w.name:<40} {w.device:<8} beat {w.last_beat_seconds_ago:>5.1f} s ago  "
-                  f"{'on ' + w.current_job if w.current_job else 'idle'}  ({w.jobs_done} done)")
+                  f"{'on ' + ', '.join(w.current_jobs) if w.current_jobs else 'idle'}  ({w.jobs_done} done)")
         for f in view.recent_failures:
             print(f"failed {f.completed_at:%Y-%m-%d %H:%M:%S} {f.job_id} ({f.tenant}) {f.error_code}: {f.error_message}")
         return 0

@@ -96,6 +96,16 @@ async def beat(pool: ArqRedis, name: str, info: dict, ttl_seconds: float) -> Non
     await pool.set(WORKER_KEY.format(name=name), json.dumps(info), px=int(ttl_seconds * 1000))
 
 
+def held_jobs(beat: dict) -> list[str]:
+    """Every job a worker's heartbeat says it holds: a batching worker lists them all in
+    ``current_jobs``; a beat without that list (an older worker, the RunPod backend's) names
+    one in ``current_job``, or none."""
+    held = beat.get("current_jobs")
+    if held is None:
+        held = [beat["current_job"]] if beat.get("current_job") else []
+    return [str(j) for j in held]
+
+
 async def stop_beating(pool: ArqRedis, name: str) -> None:
     await pool.delete(WORKER_KEY.format(name=name))
 

@@ -26,7 +26,7 @@ async def queue_view(sessions: async_sessionmaker[AsyncSession], redis: ArqRedis
                                   .order_by(Job.completed_at.desc()).limit(failures))).scalars().all()
     now = time.time()
     workers = [WorkerOut(name=w.get("name", "?"), device=w.get("device", "?"), current_job=w.get("current_job"),
-                         last_beat_seconds_ago=round(max(0.0, now - float(w.get("beat_at") or now)), 1),
+                         current_jobs=queue.held_jobs(w), last_beat_seconds_ago=round(max(0.0, now - float(w.get("beat_at") or now)), 1),
                          jobs_done=int(w.get("jobs_done") or 0), gpu_memory_bytes=w.get("gpu_memory_bytes"))
                for w in await queue.live_workers(redis, queue_name)]
     return QueueOut(

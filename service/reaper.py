@@ -90,8 +90,7 @@ class Reaper:
             return True
         # alive but on something else: it restarted or dropped the job (given a beat to catch up)
         quiet = (now - job.updated_at).total_seconds() > self.settings.heartbeat_ttl_seconds
-        held = beat.get("current_jobs") or [beat.get("current_job")]  # a batching worker holds several
-        return job.id not in held and quiet
+        return job.id not in queue.held_jobs(beat) and quiet  # a batching worker holds several
 
     async def _hand_back(self, job: Job, done: Sweep) -> None:
         if job.attempts < self.settings.job_max_tries:

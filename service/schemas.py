@@ -153,7 +153,8 @@ class WorkerOut(BaseModel):
     name: str
     device: str
     last_beat_seconds_ago: float
-    current_job: str | None
+    current_job: str | None  # the first of current_jobs (kept for clients that read one)
+    current_jobs: list[str] = []  # every job it holds: a batching worker fits several at once
     jobs_done: int
     gpu_memory_bytes: int | None = None
 

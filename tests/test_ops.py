@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 
 import pytest
 import redis as redis_client
@@ -26,13 +27,22 @@ def stack(postgres, s3, redis_url, weights_dir, tmp_path_factory):
         yield st
 
 
+@contextmanager
+def heartbeat(stack, worker: dict):
+    """``worker``'s heartbeat in Redis, written as a worker writes it, while the block runs."""
+    r = redis_client.Redis.from_url(stack.env["REDIS_URL"])
+    beat = {**worker, "queue": stack.env["QUEUE_NAME"], "beat_at": time.time()}
+    r.set(f"avatar:worker:{worker['name']}", json.dumps(beat), px=30_000)
+    try:
+        yield
+    finally:
+        r.delete(f"avatar:worker:{worker['name']}")
+
+
 @pytest.fixture
 def beating(stack):
-    r = redis_client.Redis.from_url(stack.env["REDIS_URL"])
-    beat = {**WORKER, "queue": stack.env["QUEUE_NAME"], "beat_at": time.time()}
-    r.set(f"avatar:worker:{WORKER['name']}", json.dumps(beat), px=30_000)
-    yield
-    r.delete(f"avatar:worker:{WORKER['name']}")
+    with heartbeat(stack, WORKER):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +70,28 @@ def test_admin_queue_shows_the_tenants_jobs_and_every_worker(stack, waiting_job,
     view = stack.client("admin").get("/admin/queue").json()
     assert view["counts"]["waiting"] >= 1 and view["oldest_waiting"]["tenant"] == "ops"
     assert [w["name"] for w in view["workers"]] == [WORKER["name"]]
-    assert view["workers"][0]["jobs_done"] == 7
+    assert view["workers"][0]["jobs_done"] == 7 and view["workers"][0]["current_jobs"] == []
+
+
+BATCHING = {"name": "gpu-box:43:cafe", "device": "cuda:1", "current_job": "job-a", "jobs_done": 2,
+            "current_jobs": ["job-a", "job-b", "job-c"]}
+
+
+@pytest.fixture
+def batching(stack):
+    """A worker fitting a batch of three jobs."""
+    with heartbeat(stack, BATCHING):
+        yield
+
+
+def test_the_queue_views_show_every_job_of_a_workers_batch(stack, batching):
+    view = stack.client("admin").get("/admin/queue").json()
+    worker = next(w for w in view["workers"] if w["name"] == BATCHING["name"])
+    assert worker["current_jobs"] == ["job-a", "job-b", "job-c"] and worker["current_job"] == "job-a"
+    listed = run_avatar(stack.env, stack.cwd, "queue")
+    assert listed.returncode == 0, listed.stderr
+    line = next(ln for ln in listed.stdout.splitlines() if BATCHING["name"] in ln)
+    assert "on job-a, job-b, job-c" in line
 
 
 def test_an_operator_fails_and_retries_jobs_from_the_cli(stack, bus_jpg):
