@@ -10,6 +10,8 @@ import shutil
 import tempfile
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,6 +32,9 @@ from inference.types import Photo, Subject
 from inference import weights as W
 
 STAGES = ("load", "detect", "segment", "fit", "export", "measure", "render")
+# stages that need only the fit (and the export's texture) and run beside the export on the
+# pipeline's side thread; each one's time is its own wall time, which overlaps the export's
+BESIDE_EXPORT = ("measure", "render")
 BODY_MODELS = ("auto", "smpl", "anny")
 
 
@@ -128,6 +133,13 @@ class Pipeline:
         from inference.stages.render import Renderer
 
         self.renderer = Renderer(self.device, log=self.log)
+        # measure and render run here while the export runs on the caller's thread: numpy,
+        # zlib, file writes and OpenGL release the GIL, so on a second core they overlap
+        self._side = ThreadPoolExecutor(1, thread_name_prefix="avatar-side")
+        # what the export computes once per body model (the texture's UV raster, the OBJ
+        # topology text, the glTF corners) is computed there now, beside the first job's
+        # first stages, instead of inside its export; the export waits for it
+        self._topology_ready = self._side.submit(self._prepare_topologies, list(self._bodies.values()))
         self.load_ms = (time.perf_counter() - t0) * 1000.0
         self.log(f"body model: {self.body_model} · detector: {self.detector.name} · "
                  f"segmenter: {self.segmenter.name} · device: {self.device}")
@@ -198,6 +210,7 @@ class Pipeline:
         t_start = time.perf_counter()
         staging = [self._staging_dir(Path(j.out_dir)) for j in jobs]
         state: dict = {}
+        beside: dict[str, Future] = {}
         try:
             for index, stage in enumerate(STAGES, start=1):
                 if cancel is not None and cancel():
@@ -205,10 +218,16 @@ class Pipeline:
                 if on_stage:
                     on_stage(StageEvent(stage, "start", index, len(STAGES)))
                 t0 = time.perf_counter()
-                getattr(self, f"_stage_{stage}")(jobs, staging, state)
-                if self.device.startswith("cuda"):
-                    torch.cuda.synchronize(self.device)
-                timings[stage] = round((time.perf_counter() - t0) * 1000.0, 1)
+                if stage in BESIDE_EXPORT:  # started with the export: its own time, when done
+                    elapsed = beside.pop(stage).result()
+                else:
+                    if stage == "export":
+                        beside = self._start_beside_export(jobs, staging, state)
+                    getattr(self, f"_stage_{stage}")(jobs, staging, state)
+                    if self.device.startswith("cuda"):
+                        torch.cuda.synchronize(self.device)
+                    elapsed = (time.perf_counter() - t0) * 1000.0
+                timings[stage] = round(elapsed, 1)
                 if on_stage:
                     on_stage(StageEvent(stage, "end", index, len(STAGES), timings[stage]))
             total = round((time.perf_counter() - t_start) * 1000.0, 1)
@@ -217,7 +236,8 @@ class Pipeline:
                 fit_info = self._fit_summary(state["fits"][i], state["bodies"][i])
                 fit_info["typed_weight_kg"] = job.subject.weight_kg
                 doc = {
-                    "stages_ms": timings, "total_ms": total, "batch_size": len(jobs),
+                    "stages_ms": timings, "total_ms": total, "beside_export": list(BESIDE_EXPORT),
+                    "batch_size": len(jobs),
                     "models_load_ms": round(self.load_ms, 1), "device": self.device,
                     "models": self.models, "pipeline_version": _version(),
                 }
@@ -232,8 +252,34 @@ class Pipeline:
                              for name in artefacts.expected(self.body_model)}
             return results
         finally:
+            wait_all(beside.values())  # nothing may still write into a folder removed below
             for tmp in staging:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def _prepare_topologies(self, bodies: list[BodyModel]) -> None:
+        from inference.stages.render import split_by_uv
+        from inference.stages.texture import uv_rasterize
+
+        for body in bodies:
+            if body.uv is not None and body.face_uv is not None:
+                uv_rasterize(body.uv, body.face_uv, self.config.texture_size)
+                split_by_uv(body.faces, body.face_uv)
+            export.topology_text(body.faces, body.uv, body.face_uv)
+
+    def _start_beside_export(self, jobs, staging, state) -> dict[str, Future]:
+        """Measure, then render, on the side thread, while the export runs: each future gives
+        its stage's own time (ms). The previews wait for the export's textures (``state
+        ["texture_ready"]``, set by the export as each is baked); the overlays need only the fit."""
+        state["texture_ready"] = [Future() for _ in jobs]
+
+        def timed(fn, waited: str | None = None):
+            t0 = time.perf_counter()
+            fn(jobs, staging, state)
+            return (time.perf_counter() - t0) * 1000.0 - (state.pop(waited, 0.0) if waited else 0.0)
+
+        measure = self._side.submit(timed, self._stage_measure)
+        render = self._side.submit(timed, self._stage_render, "render_waited_ms")
+        return {"measure": measure, "render": render}
 
     def observe(self, jobs: list[Job]) -> dict:
         """Load, detect and segment only: what the photos say, before any fitting (for the
@@ -262,6 +308,11 @@ class Pipeline:
     def _stage_load(self, jobs, staging, state):
         state["photos"] = [load_photo(j.photo, max_pixels=self.config.max_pixels,
                                       work_size=self.config.work_size) for j in jobs]
+        if staging is not None:  # a run that renders: its viewports made ready during the fit
+            size = self.config.preview_size
+            self.renderer.prepare([(size, size, True)] + [
+                (*self.renderer.overlay_size(p.image.shape[1], p.image.shape[0]), False)
+                for p in state["photos"]])
 
     def _stage_detect(self, jobs, staging, state):
         photos: list[Photo] = state["photos"]
@@ -289,14 +340,26 @@ class Pipeline:
         state["apose"] = [f.standard["apose"] for f in fits]
 
     def _stage_export(self, jobs, staging, state):
+        try:
+            self._export(jobs, staging, state)
+        except BaseException as exc:  # a preview waiting for a texture must not wait forever
+            for ready in state.get("texture_ready", []):
+                if not ready.done():
+                    ready.set_exception(exc)
+            raise
+
+    def _export(self, jobs, staging, state):
         from inference.stages.texture import bake_texture
 
+        wait_all([self._topology_ready])  # its caches are not shared across threads while built
         state["textures"] = []
         for i, (job, tmp) in enumerate(zip(jobs, staging)):
             fit, body, photo = state["fits"][i], state["bodies"][i], state["photos"][i]
             texture, _ = bake_texture(photo.image, state["masks"][i], fit.vertices, body.faces,
                                       body.uv, body.face_uv, fit.camera, size=self.config.texture_size)
             state["textures"].append(texture)
+            if "texture_ready" in state:
+                state["texture_ready"][i].set_result(texture)
             texture_png = export.write_png(tmp / artefacts.SKIN_TEXTURE, texture)
             export.write_obj(tmp / artefacts.BODY_ORIGINAL, fit.vertices, body.faces, body.uv, body.face_uv)
             export.write_obj(tmp / artefacts.BODY_TPOSE, state["tpose"][i][0], body.faces, body.uv, body.face_uv)
@@ -326,13 +389,22 @@ class Pipeline:
             export.write_json(tmp / artefacts.MEASUREMENTS, m)
 
     def _stage_render(self, jobs, staging, state):
-        for i, tmp in enumerate(staging):
+        for i, tmp in enumerate(staging):  # the overlays first: they need only the fit
             fit, body, photo = state["fits"][i], state["bodies"][i], state["photos"][i]
-            prev = self.renderer.preview(state["apose"][i][0], body.faces, body.uv, body.face_uv,
-                                         state["textures"][i], size=self.config.preview_size)
-            export.write_png(tmp / artefacts.PREVIEW, prev)
             over = self.renderer.overlay(photo.image, fit.vertices, body.faces, fit.camera)
             export.write_png(tmp / artefacts.OVERLAY, over)
+        for i, tmp in enumerate(staging):
+            body = state["bodies"][i]
+            ready = state.get("texture_ready")
+            if ready:  # beside the export: the time spent waiting for its texture is not ours
+                t0 = time.perf_counter()
+                texture = ready[i].result()
+                state["render_waited_ms"] = state.get("render_waited_ms", 0.0) + (time.perf_counter() - t0) * 1000.0
+            else:
+                texture = state["textures"][i]
+            prev = self.renderer.preview(state["apose"][i][0], body.faces, body.uv, body.face_uv,
+                                         texture, size=self.config.preview_size)
+            export.write_png(tmp / artefacts.PREVIEW, prev)
 
     @staticmethod
     def _fit_summary(fit: FitResult, body: BodyModel) -> dict:
@@ -343,6 +415,7 @@ class Pipeline:
         }
 
     def close(self) -> None:
+        self._side.shutdown(wait=True)
         self.renderer.close()
 
 

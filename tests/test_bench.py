@@ -7,7 +7,7 @@ import pytest
 
 from inference import bench
 from inference.errors import InputError
-from inference.pipeline import STAGES
+from inference.pipeline import BESIDE_EXPORT, STAGES
 
 
 def test_summary_is_p50_p95_max():
@@ -42,7 +42,8 @@ def test_one_cold_run_reports_every_stage(pipeline, bus_jpg):
     report = bench.run_bench(bench.BenchConfig(photos=[bus_jpg], runs=0, warmup=0), pipeline=pipeline)
     json.dumps(report)  # all of it goes to --json
     assert set(report["cold"]["stages_ms"]) == set(STAGES)
-    assert report["cold"]["total_ms"] >= sum(report["cold"]["stages_ms"].values()) * 0.99
+    in_turn = [ms for stage, ms in report["cold"]["stages_ms"].items() if stage not in BESIDE_EXPORT]
+    assert report["cold"]["total_ms"] >= sum(in_turn) * 0.99  # measure, render: beside the export
     assert report["cold"]["wall_ms"] >= report["cold"]["total_ms"]
     assert report["photos"] == [{"name": "bus.jpg", "width": 810, "height": 1080,
                                  "bytes": bus_jpg.stat().st_size}]

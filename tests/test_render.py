@@ -191,6 +191,35 @@ def test_overlay_changes_only_pixels_under_mesh(renderer):
         renderer.overlay(photo[:100], v, f, cam)
 
 
+def test_a_prepared_viewport_renders_what_a_fresh_one_does():
+    """prepare() makes the contexts (and compiles the programs) ahead of the job's render, on
+    the GL thread; what the job then renders is the same, pixel for pixel."""
+    v, f = box((0.5, 1.6, 0.3), (0, 0.8, 0))
+    uv = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    face_uv = np.tile([0, 1, 2], (len(f), 1))
+    tex = np.full((4, 4, 3), (200, 30, 30), np.uint8)
+    photo = np.full((90, 70, 3), 40, np.uint8)
+    cam = R.look_at_camera(v, "front", width=70, height=90)
+    images = []
+    for prepared in (False, True):
+        r = R.Renderer("cpu")
+        try:
+            if prepared:
+                r.prepare([(96, 96, True), (*r.overlay_size(70, 90), False)]).result()
+                assert set(r._renderers) == {(96, 96), (70, 90)}
+            images.append((r.preview(v, f, uv, face_uv, tex, size=96), r.overlay(photo, v, f, cam)))
+        finally:
+            r.close()
+    for fresh, prepared in zip(*images):
+        assert np.array_equal(fresh, prepared)
+
+
+def test_overlay_size_is_the_viewport_overlay_renders_at():
+    assert R.Renderer.overlay_size(810, 1080) == (810, 1080)
+    assert R.Renderer.overlay_size(2598, 4618) == (1152, 2048)
+    assert R.Renderer.overlay_size(300, 500, max_side=250) == (150, 250)
+
+
 def test_overlay_large_photo_is_downscaled(renderer):
     v, f = body_like()
     cam = R.look_at_camera(v, "front", width=300, height=500)

@@ -26,7 +26,7 @@ def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray,
     if mtl:
         parts.append(f"mtllib {mtl}\n")
     parts.append(_rows("v %.6f %.6f %.6f\n", vertices))
-    parts.append(_topology_text(faces, uv, face_uv))
+    parts.append(topology_text(faces, uv, face_uv))
     path.write_text("".join(parts))
 
 
@@ -40,7 +40,7 @@ def _rows(line: str, values: np.ndarray) -> str:
 _TOPOLOGY_TEXT: OrderedDict[tuple, str] = OrderedDict()
 
 
-def _topology_text(faces: np.ndarray, uv: np.ndarray | None, face_uv: np.ndarray | None) -> str:
+def topology_text(faces: np.ndarray, uv: np.ndarray | None, face_uv: np.ndarray | None) -> str:
     """The ``vt`` and ``f`` lines, which depend only on the body model's topology: formatted
     once per topology and reused (three OBJs per avatar, every avatar of a worker)."""
     arrays = [np.ascontiguousarray(a) for a in (faces, uv, face_uv) if a is not None]

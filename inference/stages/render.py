@@ -116,9 +116,13 @@ class GLThread:
     def call(self, fn: Callable[..., T], *args) -> T:
         if threading.current_thread() is self._thread:  # already on it (nested calls)
             return fn(*args)
+        return self.submit(fn, *args).result()
+
+    def submit(self, fn: Callable[..., T], *args) -> "Future[T]":
+        """Queue ``fn(*args)`` for the GL thread; its future holds the result or exception."""
         done: Future = Future()
         self._queue.put((fn, args, done))
-        return done.result()
+        return done
 
     def _loop(self) -> None:
         while True:
@@ -180,6 +184,7 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 _SPLIT_CACHE: OrderedDict = OrderedDict()
+_SPLIT_LOCK = threading.Lock()
 
 
 def split_by_uv(faces: np.ndarray, face_uv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -190,17 +195,19 @@ def split_by_uv(faces: np.ndarray, face_uv: np.ndarray) -> tuple[np.ndarray, np.
     faces = np.asarray(faces, dtype=np.int64)
     face_uv = np.asarray(face_uv, dtype=np.int64)
     key = (faces.shape, hash(faces.tobytes()), face_uv.shape, hash(face_uv.tobytes()))
-    hit = _SPLIT_CACHE.get(key)
-    if hit is not None:
-        _SPLIT_CACHE.move_to_end(key)
-        return hit
+    with _SPLIT_LOCK:  # the export (GLB) and the render (preview) may ask from two threads
+        hit = _SPLIT_CACHE.get(key)
+        if hit is not None:
+            _SPLIT_CACHE.move_to_end(key)
+            return hit
     n_uv = int(face_uv.max()) + 1
     pair = faces.ravel() * n_uv + face_uv.ravel()
     uniq, inverse = np.unique(pair, return_inverse=True)
     out = (uniq // n_uv, uniq % n_uv, inverse.reshape(faces.shape).astype(np.int64))
-    _SPLIT_CACHE[key] = out
-    while len(_SPLIT_CACHE) > 8:
-        _SPLIT_CACHE.popitem(last=False)
+    with _SPLIT_LOCK:
+        _SPLIT_CACHE[key] = out
+        while len(_SPLIT_CACHE) > 8:
+            _SPLIT_CACHE.popitem(last=False)
     return out
 
 
@@ -348,6 +355,37 @@ class Renderer:
         else:
             self._renderers.move_to_end(key)
         return r
+
+    def prepare(self, sizes: Sequence[tuple[int, int, bool]]) -> "Future[None]":
+        """Make the GL context for each ``(width, height, textured)`` viewport this renderer
+        has none for yet, and draw a small mesh through it (textured or flat), so its shader
+        programs are compiled: on the GL thread, without waiting. A job starts this when it knows
+        its photo's size, and its render stage, after the fit, finds the work done (the first
+        render in a process costs ~0.3-1 s more than later ones). The images rendered later
+        are the same: nothing carries from one scene to the next but the compiled programs."""
+        return self._gl.submit(self._prepare, [tuple(s) for s in sizes])
+
+    def _prepare(self, sizes: list[tuple[int, int, bool]]) -> None:
+        for w, h, textured in sizes:
+            if (int(w), int(h)) in self._renderers:
+                continue
+            try:
+                v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float64) * 0.3
+                f = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], np.int64)
+                cam = look_at_camera(v, "front", width=int(w), height=int(h))
+                if textured:
+                    uv = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], np.float64)
+                    self.render_mesh(v, f, cam, uv=uv, face_uv=f, texture=np.zeros((4, 4, 3), np.uint8))
+                else:
+                    self.render_mesh(v, f, cam)
+            except Exception as exc:  # the job's own render will meet (and report) the same
+                log.warning("renderer warm-up at %dx%d failed: %s", w, h, exc)
+
+    @staticmethod
+    def overlay_size(width: int, height: int, max_side: int = 2048) -> tuple[int, int]:
+        """The viewport :meth:`overlay` renders a ``width`` x ``height`` photo at."""
+        s = min(1.0, max_side / max(width, height))
+        return (width, height) if s >= 1.0 else (max(1, int(round(width * s))), max(1, int(round(height * s))))
 
     def close(self) -> None:
         """Free every GL context this renderer holds (on the GL thread that made them)."""
