@@ -308,11 +308,6 @@ class Pipeline:
     def _stage_load(self, jobs, staging, state):
         state["photos"] = [load_photo(j.photo, max_pixels=self.config.max_pixels,
                                       work_size=self.config.work_size) for j in jobs]
-        if staging is not None:  # a run that renders: its viewports made ready during the fit
-            size = self.config.preview_size
-            self.renderer.prepare([(size, size, True)] + [
-                (*self.renderer.overlay_size(p.image.shape[1], p.image.shape[0]), False)
-                for p in state["photos"]])
 
     def _stage_detect(self, jobs, staging, state):
         photos: list[Photo] = state["photos"]
@@ -324,6 +319,11 @@ class Pipeline:
                           for p, s in zip(state["photos"], state["subjects"])]
 
     def _stage_fit(self, jobs, staging, state):
+        if staging is not None:  # a run that renders: its viewports are made ready during the fit
+            size = self.config.preview_size
+            self.renderer.prepare([(size, size, True)] + [
+                (*self.renderer.overlay_size(p.image.shape[1], p.image.shape[0]), False)
+                for p in state["photos"]])
         bodies = [self.body_for(j.subject.gender) for j in jobs]
         fits: list[FitResult | None] = [None] * len(jobs)
         groups: dict[int, list[int]] = {}

@@ -359,8 +359,8 @@ class Renderer:
     def prepare(self, sizes: Sequence[tuple[int, int, bool]]) -> "Future[None]":
         """Make the GL context for each ``(width, height, textured)`` viewport this renderer
         has none for yet, and draw a small mesh through it (textured or flat), so its shader
-        programs are compiled: on the GL thread, without waiting. A job starts this when it knows
-        its photo's size, and its render stage, after the fit, finds the work done (the first
+        programs are compiled: on the GL thread, without waiting. A job starts this as its fit
+        begins, and its render stage, after the fit, finds the work done (the first
         render in a process costs ~0.3-1 s more than later ones). The images rendered later
         are the same: nothing carries from one scene to the next but the compiled programs."""
         return self._gl.submit(self._prepare, [tuple(s) for s in sizes])
