@@ -63,7 +63,10 @@ LIMB_LIMITS = {
 
 @dataclass
 class FitConfig:
-    iterations: int = 120
+    # stage B's Adam steps, and those of each later round's pose-and-camera refit: 100 and 30
+    # (were 120 and 40: ~12 % of the fit on CPU; dev's mean errors no worse, studio's waist
+    # 0.1 cm worse: BENCHMARKS.md, "Fewer fit steps")
+    iterations: int = 100
     lr: float = 0.03
     w_keypoints: float = 0.3
     w_inside: float = 0.5
@@ -76,7 +79,7 @@ class FitConfig:
     pose_axis_weights: tuple = (1.0, 1.0, 0.05)
     w_yaw: float = 5.0  # the body turned away from facing the camera
     rounds: int = 2  # stage C, then (pose and camera again, stage C) rounds - 1 more times
-    refit_iterations: int = 40
+    refit_iterations: int = 30
     w_limits: float = 1.0
     use_photo: bool = True  # False: the photo-free baseline (height, weight, gender only)
     # stage C: the shape alone, fitted to the trunk's width profile (Levenberg-Marquardt)
