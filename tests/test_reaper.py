@@ -96,6 +96,30 @@ def test_every_job_of_a_batching_workers_batch_is_its_own_while_it_beats(tmp_pat
     assert done.requeued == [dropped]
 
 
+def test_every_job_a_runpod_runner_follows_is_its_own_while_it_beats(tmp_path, redis_url):
+    """The RunPod backend's worker follows several jobs at once; its own heartbeat lists them
+    all, so the reaper takes none of them from it, however quiet."""
+    from types import SimpleNamespace
+
+    from service.backends.runpod import RunpodRunner
+
+    async def scenario(k, reaper):
+        old = utcnow() - timedelta(seconds=120)
+        runner = RunpodRunner(k.settings, k.sessions, k.storage, k.redis,
+                              client=SimpleNamespace(endpoint_id="ep1"))
+        held = [await k.new_job(jobs.PROCESSING, worker=runner.name, attempts=1, updated_at=old)
+                for _ in range(3)]
+        runner.current.update(j.id for j in held)
+        beating = asyncio.create_task(runner.heartbeat_forever())
+        while runner.name not in {w.get("name") for w in await queue.live_workers(k.redis, k.settings.queue_name)}:
+            await asyncio.sleep(0.01)
+        done = await reaper.sweep()
+        beating.cancel()
+        return done, [(await k.job(j.id)).status for j in held]
+    done, statuses = sweep_once(tmp_path, redis_url, scenario)
+    assert statuses == ["processing"] * 3 and done.requeued == []
+
+
 def test_a_job_past_its_deadline_fails_and_its_worker_is_told_to_stop(tmp_path, redis_url):
     async def scenario(k, reaper):
         created = utcnow() - timedelta(seconds=k.settings.job_deadline_seconds + 1)

@@ -297,7 +297,8 @@ class RunpodRunner(WorkerStores):
                 await queue.beat(self.redis, self.name, {
                     "name": self.name, "device": f"runpod:{self.client.endpoint_id}", "backend": "runpod",
                     "queue": self.settings.queue_name, "started_at": started, "jobs_done": self.jobs_done,
-                    "current_job": next(iter(self.current), None), "running": len(self.current)}, ttl)
+                    "current_job": next(iter(self.current), None), "current_jobs": sorted(self.current),
+                    "running": len(self.current)}, ttl)
                 await asyncio.sleep(self.settings.heartbeat_seconds)
         finally:
             await queue.stop_beating(self.redis, self.name)
