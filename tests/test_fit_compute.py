@@ -17,8 +17,9 @@ def test_distinct_rows_rebuild_the_batch_and_keep_two_rows_or_more():
 
 
 def test_the_stage_c_residuals_of_a_deduplicated_batch_are_the_full_batchs(anny_body):
-    """Anny's forward gives each row the same bits at any batch of 2 or more (what
-    ``distinct_rows`` relies on); batch 1 is left as it is."""
+    """Anny's forward gives each row the same values at any batch of 2 or more (what
+    ``distinct_rows`` relies on; the same bits on the CPUs it was developed on, within float
+    rounding on others whose kernels split a batch differently); batch 1 is left as it is."""
     from inference.stages.fit import Fitter
 
     fitter = Fitter(anny_body)
@@ -33,8 +34,9 @@ def test_the_stage_c_residuals_of_a_deduplicated_batch_are_the_full_batchs(anny_
             anny_body._rest_cache = ()
             st, s, m, _ = fitter._posed_camera(part, limbs, stand, rot, trans, 1.75)
             rows = [int((X == r).all(1).nonzero()[0]) for r in part]
-            assert torch.equal(st.vertices, full.vertices[rows])
-            assert torch.equal(s, scale[rows]) and torch.equal(m, mass[rows])
+            assert (st.vertices - full.vertices[rows]).abs().max() <= 1e-6  # metres
+            assert torch.allclose(s, scale[rows], rtol=1e-6, atol=0)
+            assert torch.allclose(m, mass[rows], rtol=1e-6, atol=0)
 
 
 def test_dense_skinning_gives_annys_values_and_gradients(anny_body):

@@ -691,8 +691,9 @@ class Fitter:
 def distinct_rows(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, S) → (the distinct rows (M, S), inverse (N,): ``rows[inverse]`` is ``X``), M ≥ 2 where
     N ≥ 2: the body models' forwards (Anny; SMPL, checked on the synthetic model) give a row the
-    same bits at any batch of 2 or more on CPU (checked up to 24), not at batch 1 (other
-    kernels), so a deduplicated batch changes no result."""
+    same bits at any batch of 2 or more on CPU (checked up to 24; on some CPUs only the same
+    values within float rounding), not at batch 1 (other kernels), so a deduplicated batch
+    changes no result beyond that."""
     if len(X) < 2:
         return X, torch.arange(len(X), device=X.device)
     rows, inverse = torch.unique(X, dim=0, return_inverse=True)
