@@ -83,3 +83,31 @@ def test_a_hand_beyond_the_wrist_is_not_cut_off():
     cv2.line(img, (230, 500), (190, 590), BODY, 22)  # the hand: ~0.1 of the body's height
     mask = grabcut_person(img, Detection(np.array([180.0, 110.0, 500.0, 1130.0]), det.score, kp))
     assert mask[575:585, 195:202].any()  # the fingertips
+
+
+def test_a_colour_model_gone_wrong_does_not_take_the_whole_envelope():
+    """A wide-set render (the frozen test split's case 41, at the size GrabCut works at): thin legs
+    apart in front of a large board of one colour. The fat skeleton's lines beside the legs taught
+    GrabCut the board's colour as the person's, and the mask took everything within the envelope
+    around the skeleton (0.67 of the box; IoU 0.38 with the true silhouette). Far from the
+    skeleton no person lies: the run seeded by the thin skeleton alone is kept (IoU 0.97)."""
+    from pathlib import Path
+    import json
+
+    from PIL import Image
+
+    here = Path(__file__).parent / "fixtures"
+    img = np.asarray(Image.open(here / "grabcut_blob.png").convert("RGB"))
+    d = json.loads((here / "grabcut_blob.json").read_text())
+    det = Detection(box=np.array(d["box"]), score=d["score"], keypoints=np.array(d["keypoints"]))
+    mask = grabcut_person(img, det)
+    x1, y1, x2, y2 = (int(v) for v in d["box"])
+    assert mask[y1:y2, x1:x2].mean() < 0.35
+    kp = det.keypoints
+    assert mask[int(kp[11:13, 1].mean()) - 20, int(kp[11:13, 0].mean())]  # the trunk above the hips
+    assert mask[int(kp[13, 1]), int(kp[13, 0])] and mask[int(kp[14, 1]), int(kp[14, 0])]  # both knees
+    # the board between the arm and the trunk, and beside the head, is background
+    sh, el = kp[6, :2], kp[8, :2]
+    beside = (int((sh[1] + el[1]) / 2) + 40, int(kp[12, 0]) - 25)  # below the right arm, beside the trunk
+    assert not mask[beside[0] - 5:beside[0] + 5, beside[1] - 5:beside[1] + 5].any()
+    assert not mask[int(kp[0, 1]) - 10:int(kp[0, 1]) + 10, x1 + 5:x1 + 40].any()

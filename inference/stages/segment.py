@@ -27,6 +27,16 @@ ENVELOPE = 0.14
 # below the hips less than this share of the person's area above them: GrabCut lost the legs
 LEGS_LOST = 0.35
 THIN_LINE = 0.005  # of the person's box height: thinner foreground is dropped (~5 px at 1000)
+# GrabCut's colour models can go wrong as a whole: a background colour that the fat skeleton's
+# lines also cover (beside thin legs and arms) is learnt as the person's, and then all of it
+# within the envelope is taken (a blob around the person, or a background object joined to the
+# trunk). Above the knees and away from the hands, nothing of a person lies further than RING
+# (of the box height) from the skeleton: where more than RING_MAX of that ring came out as
+# foreground, GrabCut runs again seeded by the thin skeleton alone, and the run that took less
+# of the ring is kept
+RING = 0.10
+RING_MAX = 0.05
+HAND = 0.13  # of the box height around each wrist: the hand, not the ring
 
 
 class Segmenter:
@@ -86,21 +96,24 @@ def grabcut_person(image: np.ndarray, subject: Detection) -> np.ndarray:
     # background between the legs as surely person
     crossed = crossed_sides(kp, 0.02 * body_h)
     kp[crossed, 2] = 0.0
-    # a fat skeleton = probably person, a thin one = surely person; limbs as thick as limbs are
-    # (a fatter arm line would claim the background between the arm and the torso), and the
-    # head's oval (else dark hair can go to the background, and the top of the head with it)
-    _draw_skeleton(mask, kp, max(2, int(0.05 * body_h)), max(2, int(0.03 * body_h)), cv2.GC_PR_FGD)
-    _draw_head(mask, kp, 0.075 * body_h, cv2.GC_PR_FGD)
-    _draw_skeleton(mask, kp, max(1, int(0.015 * body_h)), max(1, int(0.012 * body_h)), cv2.GC_FGD)
     # what lies further from the whole skeleton than any part of a person can (a hand beyond
     # the wrist, a belly, loose clothes) is surely background: a background object behind the
     # person then teaches GrabCut its colour where it shows beside the body, and is not taken
     # for the person where it fills the gap between an arm and the trunk
-    far = _beyond_reach(kp, mask.shape, ENVELOPE * body_h)
-    if far is not None:
-        mask[far & (mask == cv2.GC_PR_BGD)] = cv2.GC_BGD
-    seeds = mask.copy()
+    dist = _skeleton_distance(kp, mask.shape)
+    far = None if dist is None or ENVELOPE * body_h < 2 else dist > ENVELOPE * body_h
+    box_seeds = mask.copy()
+    seeds = _seeds(box_seeds, kp, body_h, far, fat=True)
+    mask = seeds.copy()
     fg = _grabcut(small, mask)
+    if dist is not None:
+        ring = _ring(dist, kp, body_h) & (seeds != cv2.GC_BGD)
+        taken = fg[ring].mean() if ring.any() else 0.0
+        if taken > RING_MAX:
+            thin = _seeds(box_seeds, kp, body_h, far, fat=False)
+            fg_thin = _grabcut(small, thin.copy())
+            if fg_thin[ring].mean() < taken:
+                seeds, fg = thin, fg_thin
     if {13, 15} & set(crossed) and min(kp[11, 2], kp[12, 2]) >= 0.3:
         # the legs were not drawn (the detector put them in the gap between them): where GrabCut
         # then lost them to a background of similar colours, it runs again with the box below
@@ -133,6 +146,34 @@ def grabcut_person(image: np.ndarray, subject: Detection) -> np.ndarray:
 ARMS = {(5, 7), (7, 9), (6, 8), (8, 10)}
 
 
+def _seeds(box_seeds: np.ndarray, kp: np.ndarray, body_h: int, far: np.ndarray | None, fat: bool) -> np.ndarray:
+    """GrabCut's seeds: ``box_seeds`` (background outside the box, probably background in it),
+    the head's oval and a fat skeleton as probably person (with ``fat``), a thin one as surely
+    person, and ``far`` (beyond the envelope) as surely background."""
+    mask = box_seeds.copy()
+    # a fat skeleton = probably person, a thin one = surely person; limbs as thick as limbs are
+    # (a fatter arm line would claim the background between the arm and the torso), and the
+    # head's oval (else dark hair can go to the background, and the top of the head with it)
+    if fat:
+        _draw_skeleton(mask, kp, max(2, int(0.05 * body_h)), max(2, int(0.03 * body_h)), cv2.GC_PR_FGD)
+    _draw_head(mask, kp, 0.075 * body_h, cv2.GC_PR_FGD)
+    _draw_skeleton(mask, kp, max(1, int(0.015 * body_h)), max(1, int(0.012 * body_h)), cv2.GC_FGD)
+    if far is not None:
+        mask[far & (mask == cv2.GC_PR_BGD)] = cv2.GC_BGD
+    return mask
+
+
+def _ring(dist: np.ndarray, kp: np.ndarray, body_h: int) -> np.ndarray:
+    """(H, W) bool: where no person lies (``RING``): far from the skeleton, above the knees, away
+    from the hands."""
+    ring = dist > RING * body_h
+    ring[max(0, int(min(kp[13, 1], kp[14, 1]))):] = False
+    hands = np.zeros(ring.shape, np.uint8)
+    for w in (9, 10):
+        cv2.circle(hands, (int(round(kp[w, 0])), int(round(kp[w, 1]))), int(HAND * body_h), 1, -1)
+    return ring & (hands == 0)
+
+
 def _grabcut(small: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """GrabCut from the seeded ``mask`` (changed in place) → (h, w) uint8 foreground."""
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
@@ -145,18 +186,18 @@ def _grabcut(small: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
 
 
-def _beyond_reach(kp: np.ndarray, shape: tuple[int, int], reach: float) -> np.ndarray | None:
-    """(H, W) bool: further than ``reach`` pixels from the skeleton (limbs, the torso's
-    quadrilateral, the face); None unless every limb and torso keypoint and a face keypoint
-    was seen (a limb not drawn would be cut off)."""
-    if reach < 2 or not (kp[5:17, 2] >= 0.3).all() or not (kp[:5, 2] >= 0.3).any():
+def _skeleton_distance(kp: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """(H, W) float: each pixel's distance from the skeleton (limbs, the torso's quadrilateral,
+    the face); None unless every limb and torso keypoint and a face keypoint was seen (a limb
+    not drawn would be cut off)."""
+    if not (kp[5:17, 2] >= 0.3).all() or not (kp[:5, 2] >= 0.3).any():
         return None
     drawn = np.zeros(shape, np.uint8)
     _draw_skeleton(drawn, kp, 1, 1, 1)
     _draw_head(drawn, kp, 1.0, 1)
     face = kp[:5][kp[:5, 2] >= 0.3, :2].mean(0)
     cv2.circle(drawn, (int(round(face[0])), int(round(face[1]))), 1, 1, -1)
-    return cv2.distanceTransform((drawn == 0).astype(np.uint8), cv2.DIST_L2, 5) > reach
+    return cv2.distanceTransform((drawn == 0).astype(np.uint8), cv2.DIST_L2, 5)
 
 
 def _draw_skeleton(mask: np.ndarray, kp: np.ndarray, thickness: int, arm_thickness: int, value: int) -> None:
