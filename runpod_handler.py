@@ -86,7 +86,7 @@ async def _run(job: dict, inp: HandlerInput) -> dict:
         report(job, Progress(progress=int(ev.progress * 100), stage=ev.stage,
                              message=f"{verb} {ev.stage} ({ev.index}/{ev.total})"))
 
-    subject = Subject(height_cm=inp.height, gender=inp.gender, weight_kg=inp.weight)
+    subject = Subject(height_cm=inp.height, gender=inp.gender, weight_kg=inp.weight, clothing=inp.clothing)
     with tempfile.TemporaryDirectory(prefix="avatar-runpod-") as tmp:
         result = await asyncio.to_thread(pipeline().run, Job(photo, subject, Path(tmp) / "out"), on_stage)
         out = AvatarOutput(measurements=result.measurements, body_model=result.body_model, fit=result.fit,

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from inference.errors import AvatarError, InputError
-from inference.types import GENDERS, Subject
+from inference.types import CLOTHING, GENDERS, Subject
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
@@ -23,6 +23,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     c.add_argument("--height", type=float, required=True, help="height in cm (50-250)")
     c.add_argument("--weight", type=float, default=None, help="weight in kg (20-300), optional")
     c.add_argument("--gender", default="other", help=f"one of {', '.join(GENDERS)}")
+    c.add_argument("--clothing", default="regular", help="regular (everyday clothes, the default) | fitted "
+                   "(skin-tight: sportswear, a scan suit; the outline is then read as the body's)")
     c.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
     c.add_argument("--device", default="auto", help="auto | cpu | cuda:N")
     c.add_argument("--body-model", default="auto", help="auto | smpl | anny")
@@ -65,6 +67,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
                     "on cached observations (load, detect, segment once per set; for tuning)")
     er.add_argument("--inputs", choices=("exact", "perturbed"), default="exact",
                     help="with --fit-only: the true inputs or those off by ±2 cm/±5 kg")
+    er.add_argument("--clothing", choices=CLOTHING, default="regular",
+                    help="what every photo's subject is said to wear (as `avatar create --clothing`)")
     et = esub.add_parser("train-prior", help="train the learned shape prior from generated renders "
                          "(the prior-train split) and write it into the package")
     et.add_argument("work_dir", type=Path, help="where the training renders and features are kept")
@@ -123,7 +127,8 @@ def _weights_dir(args) -> Path:
 def _create(args) -> int:
     from inference.pipeline import Job, Pipeline, PipelineConfig
 
-    subject = Subject(height_cm=args.height, gender=args.gender, weight_kg=args.weight).validate()
+    subject = Subject(height_cm=args.height, gender=args.gender, weight_kg=args.weight,
+                      clothing=args.clothing).validate()
     if (args.photo is None) == (not args.sample):
         raise InputError("give a photo or --sample (not both)", "invalid_argument")
     if args.sample:
@@ -281,13 +286,13 @@ def _eval(args) -> int:
         from inference.eval.fitonly import format_fit_only, run_fit_only
 
         report = run_fit_only(args.set_dir, device=args.device, fit=evaluation.fit_config(args.fit_overrides),
-                              inputs=args.inputs)
+                              inputs=args.inputs, clothing=args.clothing)
         print(format_fit_only(report))
         if args.json_out:
             args.json_out.write_text(json.dumps(report, indent=2))
         return 0
     report = evaluation.run_eval(args.set_dir, device=args.device,
-                                 fit=evaluation.fit_config(args.fit_overrides))
+                                 fit=evaluation.fit_config(args.fit_overrides), clothing=args.clothing)
     print(evaluation.format_report(report))
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2))

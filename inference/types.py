@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 GENDERS = ("male", "female", "other")
+# what the person wears in the photo: "regular" everyday clothes (the default; the fit expects them to
+# stand a little off the body), "fitted" skin-tight ones (sportswear, a scan suit: the outline is the
+# body's)
+CLOTHING = ("regular", "fitted")
 HEIGHT_RANGE_CM = (50.0, 250.0)
 WEIGHT_RANGE_KG = (20.0, 300.0)
 # the messages for values outside those ranges (the CLI, the worker and the web page say the same)
@@ -43,6 +47,7 @@ class Subject:
     height_cm: float
     gender: str = "other"
     weight_kg: float | None = None
+    clothing: str = "regular"
 
     def validate(self) -> "Subject":
         from inference.errors import InputError
@@ -57,6 +62,10 @@ class Subject:
         if self.gender not in GENDERS:
             raise InputError(
                 f"gender {self.gender!r} is not one of {', '.join(GENDERS)}", "invalid_gender"
+            )
+        if self.clothing not in CLOTHING:
+            raise InputError(
+                f"clothing {self.clothing!r} is not one of {', '.join(CLOTHING)}", "invalid_clothing"
             )
         return self
 

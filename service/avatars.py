@@ -73,7 +73,7 @@ async def create_job(svc: Services, who: Principal, request: Request, body: Crea
     async with svc.sessions() as s:
         job = Job(id=new_id(), tenant=who.tenant, user_id=body.user_id, status=jobs.QUEUED, progress=0,
                   stage="queued", message="waiting for a worker", photo_key=key, photo_source_url=external,
-                  height_cm=body.height, weight_kg=body.weight, gender=body.gender,
+                  height_cm=body.height, weight_kg=body.weight, gender=body.gender, clothing=body.clothing,
                   files={}, measurements={}, timings={}, attempts=0, **columns)
         s.add(job)
         await jobs.register_new(s, job)

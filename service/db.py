@@ -72,6 +72,7 @@ class Job(Base):
     height_cm: Mapped[float] = mapped_column(Float)
     weight_kg: Mapped[float | None] = mapped_column(Float, nullable=True)
     gender: Mapped[str] = mapped_column(String(16))
+    clothing: Mapped[str] = mapped_column(String(16), default="regular", server_default="regular")  # 0005
     body_model: Mapped[str | None] = mapped_column(String(16), nullable=True)
     files: Mapped[dict[str, Any]] = mapped_column(default=dict)
     measurements: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -10,6 +10,7 @@ from inference.types import HEIGHT_RANGE_CM, MEASUREMENTS, WEIGHT_RANGE_KG
 
 USER_ID = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
 Gender = Literal["male", "female", "other"]
+Clothing = Literal["regular", "fitted"]  # inference.types.CLOTHING
 JobStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
 
 
@@ -41,6 +42,8 @@ class CreateAvatarIn(Strict):
     height: float = Field(ge=HEIGHT_RANGE_CM[0], le=HEIGHT_RANGE_CM[1], description="cm")
     weight: float | None = Field(None, ge=WEIGHT_RANGE_KG[0], le=WEIGHT_RANGE_KG[1], description="kg")
     gender: Gender
+    clothing: Clothing = Field("regular", description="regular: everyday clothes (the fit expects them to "
+                               "stand a little off the body); fitted: skin-tight (sportswear, a scan suit)")
 
 
 class CreateAvatarOut(BaseModel):
@@ -195,6 +198,8 @@ class LimitsOut(BaseModel):
     height_cm: RangeOut
     weight_kg: RangeOut
     genders: list[str]
+    clothing: list[str] = Field(description="what the person in the photo may be said to wear; the first "
+                                "is the default")
     user_id_pattern: str
     user_id_message: str
     photo_types: list[str]

@@ -233,7 +233,8 @@ class JobRunner:
                 await self._progress(job.id, int(pct), ev.stage, f"{verb} {ev.stage} ({ev.index}/{ev.total})")
 
         reporter = asyncio.create_task(report())
-        subject = Subject(height_cm=job.height_cm, gender=job.gender, weight_kg=job.weight_kg)
+        subject = Subject(height_cm=job.height_cm, gender=job.gender, weight_kg=job.weight_kg,
+                          clothing=job.clothing or "regular")
         try:
             # a timeout or a shutdown sets ``cancel`` and waits for the job's batch, if it runs:
             # the thread cannot be killed, and the work folder is in use until it returns

@@ -15,6 +15,7 @@ def avatar(*args, timeout=300):
     (["--height", "300", "--gender", "male"], "height 300.0 cm is outside 50-250 cm"),
     (["--height", "170", "--weight", "5", "--gender", "male"], "weight 5.0 kg is outside"),
     (["--height", "170", "--gender", "robot"], "gender 'robot' is not one of"),
+    (["--height", "170", "--clothing", "baggy"], "clothing 'baggy' is not one of regular, fitted"),
 ])
 def test_bad_numbers_exit_2_with_a_message(bus_jpg, tmp_path, flags, needle):
     out = tmp_path / "out"

@@ -45,6 +45,24 @@ def test_measurements_of_a_known_body_are_recovered(name, pipeline, anny_body, t
     assert np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))) < 6.0
 
 
+def test_fitted_clothing_reads_the_outline_as_the_body(pipeline, anny_body, tmp_path):
+    """These renders wear skin-tight clothes. Said so (``clothing="fitted"``), the fit takes the
+    outline for the body's own instead of expecting everyday clothes about 1 cm off it: the
+    girths come out larger (everyday clothes assumed make a body in tight ones too thin)."""
+    truth = truth_for(anny_body, **BODIES["heavy_woman"])
+    image, _, _ = render_truth(truth, anny_body, pipeline.renderer, np.random.default_rng(7), with_mask=True)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(image).save(photo)
+    got = {}
+    for clothing in ("regular", "fitted"):
+        result = pipeline.run(Job(photo, Subject(truth.height_cm, truth.gender, truth.weight_kg, clothing),
+                                  tmp_path / clothing))
+        assert result.fit["clothing"] == clothing
+        got[clothing] = result.measurements
+    girths = ("chest", "waist", "hip")
+    assert sum(got["fitted"][k] for k in girths) > sum(got["regular"][k] for k in girths) + 0.5, got
+
+
 def test_truth_bodies_differ_where_the_photo_must_tell_them_apart(anny_body):
     """Same height, weight and gender, different muscle/fat: the girths differ, so a photo-free
     guess cannot be right for both (what the photo is for)."""

@@ -42,7 +42,7 @@ def run_handler(tmp_path: Path, weights_dir: Path, job_input: dict) -> tuple[sub
 
 def test_a_photo_becomes_every_artefact_in_base64(site, weights_dir, tmp_path):
     proc, out = run_handler(tmp_path, weights_dir, {"photo_url": f"{site}/bus.jpg", "height": 178, "weight": 80,
-                                                    "gender": "male", "user_id": "u-rp"})
+                                                    "gender": "male", "clothing": "fitted", "user_id": "u-rp"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert set(out) == {"files_base64", "measurements", "timings", "body_model", "fit"}
     assert set(out["files_base64"]) == set(artefacts.expected("anny"))
@@ -52,6 +52,7 @@ def test_a_photo_becomes_every_artefact_in_base64(site, weights_dir, tmp_path):
     assert abs(out["measurements"]["height"] - 178) <= 0.5 and out["body_model"] == "anny"
     assert set(out["timings"]["stages_ms"]) == {"load", "detect", "segment", "fit", "export", "measure", "render"}
     assert out["fit"]["mass_kg"] == pytest.approx(80, rel=0.01)
+    assert out["fit"]["clothing"] == "fitted"  # what the input said reached the fit
     assert "progress 100% finished render (7/7)" in proc.stdout + proc.stderr  # each stage reported
 
 

@@ -202,6 +202,7 @@ def test_bad_uploads_are_refused(stack, content, status, code):
 
 @pytest.mark.parametrize("change,code", [
     ({"height": 20}, "invalid_request"), ({"weight": 500}, "invalid_request"), ({"gender": "robot"}, "invalid_request"),
+    ({"clothing": "baggy"}, "invalid_request"),
     ({"user_id": "../etc"}, "invalid_request"), ({"extra": 1}, "invalid_request"),
     ({"photo_url": "ftp://example.com/a.jpg"}, "invalid_photo_url"),
     ({"photo_url": "http://127.0.0.1:9/a.jpg"}, "invalid_photo_url"),

@@ -61,6 +61,17 @@ def test_features_are_in_cm_and_fill_untrusted_bands_from_the_body():
     assert np.allclose(np.delete(f, 2), without)
 
 
+def test_fitted_clothes_read_every_band_as_if_clothed():
+    n = W.N_BANDS
+    valid = np.ones(n, bool)
+    valid[:5] = False
+    args = (180.0, 80.0, "male", _widths(np.full(n, 200.0), valid), _widths(np.full(n, 180.0), np.ones(n, bool)),
+            _keypoints(), np.array([0.8, 0.5, 0.5, 0.5, 0.5]))
+    plain, wider = photo_features(*args), photo_features(*args, extra_cm=3.0)
+    assert wider[3:3 + n] == pytest.approx(plain[3:3 + n] + 3.0)  # trusted bands and filled ones
+    assert np.array_equal(np.delete(wider, np.s_[3:3 + n]), np.delete(plain, np.s_[3:3 + n]))
+
+
 def test_no_features_without_enough_trusted_bands():
     n = W.N_BANDS
     valid = np.zeros(n, bool)

@@ -69,9 +69,10 @@ def fit_config(overrides: list[str]):
     return dataclasses.replace(cfg, **changes)
 
 
-def run_eval(set_dir: Path, device: str = "auto", log=print, fit=None) -> dict:
+def run_eval(set_dir: Path, device: str = "auto", log=print, fit=None, clothing: str = "regular") -> dict:
     """Run the pipeline (exact and perturbed inputs) and the photo-free baseline on a set;
-    ``fit``: the FitConfig to use (default: the shipped one)."""
+    ``fit``: the FitConfig to use (default: the shipped one); ``clothing``: what every subject is
+    said to wear."""
     from inference.pipeline import Job, Pipeline, PipelineConfig
     from inference.stages.fit import FitConfig, Fitter, FitTarget
     from inference.stages.measure import measure
@@ -93,10 +94,10 @@ def run_eval(set_dir: Path, device: str = "auto", log=print, fit=None) -> dict:
                 want = truth["measurements"]
                 item = {"case": case.name, "truth": want, "scene": describe(truth.get("scene"))}
                 runs = {
-                    "pipeline": Subject(truth["height_cm"], truth["gender"], truth["weight_kg"]),
+                    "pipeline": Subject(truth["height_cm"], truth["gender"], truth["weight_kg"], clothing),
                     "pipeline, inputs off by ±2 cm/±5 kg": Subject(
                         truth["perturbed_input"]["height_cm"], truth["gender"],
-                        truth["perturbed_input"]["weight_kg"]),
+                        truth["perturbed_input"]["weight_kg"], clothing),
                 }
                 for name, subject in runs.items():
                     row = rows[name]

@@ -34,16 +34,19 @@ GENDER_VALUE = {"male": 0.0, "female": 1.0, "other": 0.5}
 
 
 def photo_features(height_cm: float, weight_kg: float | None, gender: str, mask_w: W.WidthTarget,
-                   own_w: W.WidthTarget, keypoints: np.ndarray, stage_b_shape: np.ndarray) -> np.ndarray | None:
+                   own_w: W.WidthTarget, keypoints: np.ndarray, stage_b_shape: np.ndarray,
+                   extra_cm: float = 0.0) -> np.ndarray | None:
     """→ (F,) features (see the module's docstring), or None when the silhouette gives too few
     trusted bands (then there is no learned prior for this photo). ``own_w``: the same reading on
     the stage-B body's own rasterised silhouette; ``keypoints``: (17, 3) detector pixels +
-    confidence; ``stage_b_shape``: the free shape parameters after stage B."""
+    confidence; ``stage_b_shape``: the free shape parameters after stage B; ``extra_cm``: added to
+    every band the mask shows (a photo in skin-tight clothes read as the clothed photos the prior
+    was trained on)."""
     valid = mask_w.valid & own_w.valid
     if valid.sum() < 3 or not np.isfinite(mask_w.height_px) or mask_w.height_px <= 0:
         return None
     cm = height_cm / mask_w.height_px
-    mask_cm = mask_w.width_px * cm
+    mask_cm = mask_w.width_px * cm + extra_cm
     own_cm = own_w.width_px * (height_cm / own_w.height_px)
     offset = float(np.median((mask_cm - own_cm)[valid]))
     filled = np.where(valid, mask_cm, own_cm + offset)

@@ -87,6 +87,7 @@ async function loadLimits() {
     $(id).max = range.max;
   }
   $("gender").replaceChildren(...L.genders.map((g) => new Option(g, g)));
+  $("clothing").replaceChildren(...L.clothing.map((c) => new Option(c, c)));
   $("photo").accept = L.photo_types.join(",");
 }
 
@@ -145,7 +146,8 @@ async function submitCreate(event) {
     const photo = await api("api/photos", { method: "POST", body: form });
     const weight = $("weight").value.trim();
     const body = { user_id: $("user-id").value.trim(), photo_url: photo.photo_url,
-                   height: Number($("height").value), gender: $("gender").value };
+                   height: Number($("height").value), gender: $("gender").value,
+                   clothing: $("clothing").value };
     if (weight) body.weight = Number(weight);
     const job = await api("api/avatar/create", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
