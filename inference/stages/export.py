@@ -76,13 +76,17 @@ def read_obj_vertices(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(verts, np.float64), np.asarray(faces, np.int64)
 
 
+GLB_GENERATOR = "avatar (inference/stages/export.py)"
+
+
 def write_glb(path: Path, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray,
               face_uv: np.ndarray, texture: np.ndarray, texture_png: bytes | None = None) -> None:
     """The textured mesh as one binary glTF: one vertex per (position, uv) corner, as glTF
     needs, the texture embedded as PNG (``texture_png``, the bytes already written beside it,
-    or encoded here with PIL's defaults). Byte for byte the file trimesh's exporter wrote for
-    the same mesh (``trimesh.exchange.gltf.export_glb``: the same JSON, buffer order and
-    padding; tests/test_export.py holds the two side by side), without importing trimesh."""
+    or encoded here with PIL's defaults). The file trimesh's exporter wrote for the same mesh
+    (``trimesh.exchange.gltf.export_glb``: the same JSON, buffer order and padding) but for the
+    generator's name (tests/test_export.py holds the two side by side), without importing
+    trimesh."""
     from inference.stages.render import split_by_uv  # cached per topology; no GL is touched
 
     if len(faces) == 0 or len(vertices) == 0:
@@ -129,7 +133,7 @@ def _glb(indices: np.ndarray, positions: np.ndarray, texcoords: np.ndarray, png:
     tree = {
         "scene": 0,
         "scenes": [{"nodes": [0]}],
-        "asset": {"version": "2.0", "generator": "https://github.com/mikedh/trimesh"},
+        "asset": {"version": "2.0", "generator": GLB_GENERATOR},
         "accessors": accessors,
         "meshes": [{"name": "geometry_0", "extras": {}, "primitives": [{
             "attributes": {"POSITION": 1, "TEXCOORD_0": 2}, "indices": 0, "mode": 4, "material": 0}]}],
