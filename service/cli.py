@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.whole_process = argv is None  # the console script: see inference.cli.main
     if args.command == "bench" and args.via_api:
         return _bench_api(args)
     if args.command not in SERVICE_COMMANDS:

@@ -13,7 +13,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-import trimesh
 from PIL import Image
 
 from inference.types import COCO_KEYPOINTS
@@ -77,40 +76,80 @@ def read_obj_vertices(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(verts, np.float64), np.asarray(faces, np.int64)
 
 
-def textured_trimesh(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray,
-                     face_uv: np.ndarray, texture: np.ndarray, texture_png: bytes | None = None) -> trimesh.Trimesh:
-    """A trimesh with one vertex per (position, uv) corner, as glTF needs. With ``texture_png``
-    (the texture already encoded), the GLB embeds those bytes instead of encoding it again."""
-    from inference.stages.render import split_by_uv  # cached per topology; no GL is touched
-
-    vertex_of, uv_of, corner_faces = split_by_uv(faces, face_uv)
-    image = Image.fromarray(texture)
-    if texture_png is not None:
-        image.save = _PngBytes(texture_png)  # trimesh's exporter calls image.save(buffer, format="png")
-    material = trimesh.visual.material.PBRMaterial(
-        baseColorTexture=image, metallicFactor=0.0, roughnessFactor=0.9,
-    )
-    visual = trimesh.visual.TextureVisuals(uv=uv[uv_of], material=material)
-    return trimesh.Trimesh(vertices=vertices[vertex_of], faces=corner_faces, visual=visual, process=False)
-
-
-class _PngBytes:
-    """Stands in for ``Image.save``: writes PNG bytes encoded earlier (same pixels, no second
-    encode: that took ~0.4 s per avatar at PIL's default level)."""
-
-    def __init__(self, png: bytes) -> None:
-        self.png = png
-
-    def __call__(self, fp, format: str | None = None, **params) -> None:
-        if str(format).lower() != "png":
-            raise ValueError(f"pre-encoded texture is PNG, not {format}")
-        fp.write(self.png)
+GLB_GENERATOR = "avatar (inference/stages/export.py)"
 
 
 def write_glb(path: Path, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray,
               face_uv: np.ndarray, texture: np.ndarray, texture_png: bytes | None = None) -> None:
-    mesh = textured_trimesh(vertices, faces, uv, face_uv, texture, texture_png)
-    path.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene(mesh)))
+    """The textured mesh as one binary glTF: one vertex per (position, uv) corner, as glTF
+    needs, the texture embedded as PNG (``texture_png``, the bytes already written beside it,
+    or encoded here with PIL's defaults). The file trimesh's exporter wrote for the same mesh
+    (``trimesh.exchange.gltf.export_glb``: the same JSON, buffer order and padding) but for the
+    generator's name (tests/test_export.py holds the two side by side), without importing
+    trimesh."""
+    from inference.stages.render import split_by_uv  # cached per topology; no GL is touched
+
+    if len(faces) == 0 or len(vertices) == 0:
+        raise ValueError("an empty mesh has no GLB")
+    vertex_of, uv_of, corner_faces = split_by_uv(faces, face_uv)
+    if texture_png is None:
+        buf = io.BytesIO()
+        Image.fromarray(texture).save(buf, format="png")
+        texture_png = buf.getvalue()
+    texcoords = np.asarray(uv, np.float64)[uv_of][:, :2]
+    texcoords[:, 1] = 1.0 - texcoords[:, 1]  # glTF's v runs down the image
+    path.write_bytes(_glb(corner_faces.astype(np.uint32),
+                          np.asarray(vertices, np.float64)[vertex_of].astype(np.float32),
+                          texcoords.astype(np.float32), texture_png))
+
+
+def _glb(indices: np.ndarray, positions: np.ndarray, texcoords: np.ndarray, png: bytes) -> bytes:
+    """(F, 3) uint32, (N, 3) and (N, 2) float32, PNG bytes → the GLB file. Buffers in trimesh's
+    order (indices, positions, image, texture coordinates), each padded to 4 bytes; identical
+    buffers share one view, as in trimesh."""
+    chunks: list[bytes] = []
+
+    def view(data: bytes) -> int:
+        data += bytes(-len(data) % 4)
+        if data in chunks:
+            return chunks.index(data)
+        chunks.append(data)
+        return len(chunks) - 1
+
+    def accessor(data: np.ndarray, component: int, kind: str, offset: bool) -> dict:
+        blob: dict = {"componentType": component, "type": kind}
+        if offset:
+            blob["byteOffset"] = 0
+        blob["bufferView"] = view(data.tobytes())
+        rows = data.reshape(-1) if kind == "SCALAR" else data
+        blob["count"] = len(rows)
+        blob["max"] = np.atleast_1d(rows.max(axis=0)).tolist()
+        blob["min"] = np.atleast_1d(rows.min(axis=0)).tolist()
+        return blob
+
+    accessors = [accessor(indices, 5125, "SCALAR", False), accessor(positions, 5126, "VEC3", True)]
+    image = view(png)
+    accessors.append(accessor(texcoords, 5126, "VEC2", True))
+    tree = {
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "asset": {"version": "2.0", "generator": GLB_GENERATOR},
+        "accessors": accessors,
+        "meshes": [{"name": "geometry_0", "extras": {}, "primitives": [{
+            "attributes": {"POSITION": 1, "TEXCOORD_0": 2}, "indices": 0, "mode": 4, "material": 0}]}],
+        "images": [{"bufferView": image, "mimeType": "image/png"}],
+        "textures": [{"source": 0}],
+        "materials": [{"pbrMetallicRoughness": {"baseColorTexture": {"index": 0}, "roughnessFactor": 0.9,
+                                                "metallicFactor": 0.0}, "doubleSided": False}],
+        "nodes": [{"name": "geometry_0", "mesh": 0}],
+    }
+    offsets = np.cumsum([0] + [len(c) for c in chunks]).tolist()
+    tree["buffers"] = [{"byteLength": offsets[-1]}]
+    tree["bufferViews"] = [{"buffer": 0, "byteOffset": o, "byteLength": len(c)} for o, c in zip(offsets, chunks)]
+    content = json.dumps(tree, separators=(",", ":"))
+    content = (content + (4 - (len(content) + 20) % 4) * " ").encode("utf-8")  # 1-4 spaces, as trimesh
+    header = np.array([0x46546C67, 2, len(content) + offsets[-1] + 28, len(content), 0x4E4F534A], "<u4")
+    return b"".join([header.tobytes(), content, np.array([offsets[-1], 0x004E4942], "<u4").tobytes(), *chunks])
 
 
 def write_keypoints(path: Path, detected: np.ndarray, fitted_2d: np.ndarray,

@@ -24,9 +24,9 @@ Definitions (A-pose, Y up; L = torso length = mid-shoulder height - mid-hip heig
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import trimesh
-from scipy.spatial import ConvexHull
 
 from inference.types import MEASUREMENTS
 
@@ -34,11 +34,19 @@ from inference.bodies.base import (
     L_ELBOW, L_HIP, L_KNEE, L_SHOULDER, L_WRIST, NOSE, R_HIP, R_SHOULDER,
 )
 
+if TYPE_CHECKING:
+    import trimesh
+
 _SCAN_STEPS = 16
 
 
 def measure(vertices: np.ndarray, faces: np.ndarray, keypoints: np.ndarray) -> dict[str, float]:
     """(V, 3) T-pose mesh in metres, (F, 3), (17, 3) COCO keypoints → {name: cm}."""
+    # imported here, not with the module: a job measures beside its export, after the detect,
+    # so a process that runs one job (`avatar create`) does not import trimesh (with scipy's
+    # qhull and networkx, ~0.5 s) before its first stages
+    import trimesh
+
     mesh = trimesh.Trimesh(vertices=np.asarray(vertices, np.float64), faces=faces, process=False)
     kp = np.asarray(keypoints, np.float64)
     floor = vertices[:, 1].min()
@@ -102,6 +110,8 @@ def _section_loops(mesh: trimesh.Trimesh, origin: np.ndarray, normal: np.ndarray
 
 
 def _hull_perimeter(points_2d: np.ndarray) -> float:
+    from scipy.spatial import ConvexHull
+
     if len(points_2d) < 3:
         return 0.0
     try:
