@@ -16,7 +16,7 @@ from service.db import Avatar, Job, new_id
 from service.deps import Services
 from service.errors import ApiError, not_found
 from service.photos import check_host_public, check_url_shape, sniff_image
-from service.schemas import CreateAvatarIn, CreateAvatarOut, JobError, JobStatusOut, PassportOut
+from service.schemas import CreateAvatarIn, CreateAvatarOut, JobError, JobInputs, JobStatusOut, PassportOut
 
 PHOTO_PATH = re.compile(r"^/api/photos/([0-9a-f]{32})$")
 PHOTO_TYPES = ("image/jpeg", "image/png", "image/webp")
@@ -138,6 +138,8 @@ def job_status(svc: Services, request: Request, job: Job, message: str | None = 
     error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobStatusOut(
         job_id=job.id, user_id=job.user_id, status=job.status, progress=job.progress, stage=job.stage,
+        inputs=JobInputs(height=job.height_cm, weight=job.weight_kg, gender=job.gender,
+                         clothing=job.clothing or "regular"),
         message=message or job.message, avatar_url=files.get("avatar_textured.glb"), files=files,
         measurements=job.measurements or {}, error=error, timings=job.timings or {},
         created_at=job.created_at, started_at=job.started_at, completed_at=job.completed_at)

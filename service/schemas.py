@@ -59,10 +59,20 @@ class JobError(BaseModel):
     message: str
 
 
+class JobInputs(BaseModel):
+    """What the create request said about the person, as the job was run with it."""
+
+    height: float
+    weight: float | None
+    gender: str
+    clothing: str
+
+
 class JobStatusOut(BaseModel):
     job_id: str
     user_id: str
     status: JobStatus
+    inputs: JobInputs
     progress: int
     stage: str | None
     message: str

@@ -222,7 +222,7 @@ def test_v2_takes_the_bare_key_and_keeps_tenants_apart(cloud):
 def test_the_seed_flow_through_the_runpod_backend_survives_an_api_restart(front, cloud, bus_jpg):
     acme = front.client("acme")
     photo = upload(acme, bus_jpg)
-    r = acme.post("/api/avatar/create", json=person(photo["photo_url"], "u-remote"))
+    r = acme.post("/api/avatar/create", json=person(photo["photo_url"], "u-remote", clothing="fitted"))
     assert r.status_code == 202, r.text
     job_id, seen = r.json()["job_id"], []
     while not seen or seen[-1]["status"] != "processing":  # RunPod has started it: restart the API
@@ -247,6 +247,7 @@ def test_the_seed_flow_through_the_runpod_backend_survives_an_api_restart(front,
     # the other half: the RunPod-side job is an ordinary completed job of the account the key belongs to
     remote = cloud.client("studio").get(f"/api/avatar/status/{done['timings']['runpod']['id']}").json()
     assert remote["status"] == "completed" and remote["measurements"] == done["measurements"]
+    assert remote["inputs"] == done["inputs"] == {"height": 178, "weight": 80, "gender": "male", "clothing": "fitted"}
 
 
 def test_ready_and_the_log_name_the_backend(front, cloud):
