@@ -35,11 +35,16 @@ def watch(c, job_ids: list[str], timeout: float = 600, on_doc=None) -> dict[str,
         for job_id in job_ids:
             if seen[job_id] and seen[job_id][-1]["status"] in FINAL:
                 continue
-            doc = c.get(f"/api/avatar/status/{job_id}").json()
+            r = c.get(f"/api/avatar/status/{job_id}")
+            if r.status_code == 429:  # polled faster than the API's rate limit (a slow machine): wait
+                time.sleep(float(r.headers.get("Retry-After", "1")))
+                continue
+            assert r.status_code == 200, r.text
+            doc = r.json()
             seen[job_id].append(doc)
             if on_doc:
                 on_doc(job_id, doc)
-        if all(docs[-1]["status"] in FINAL for docs in seen.values()):
+        if all(docs and docs[-1]["status"] in FINAL for docs in seen.values()):
             return seen
         time.sleep(0.1)
     raise AssertionError(f"not all final after {timeout} s: { {j: d[-1] for j, d in seen.items()} }")
