@@ -3,13 +3,15 @@ Redis or worker is reached by these requests, so no server is started)."""
 from __future__ import annotations
 
 import re
+from typing import get_args
 
 import pytest
 from fastapi.testclient import TestClient
 
 from inference.errors import InputError
-from inference.types import Subject
+from inference.types import CLOTHING, Subject
 from service.app import create_app
+from service.schemas import Clothing, CreateAvatarIn
 from service.settings import Settings
 from service.web import STATIC_DIR, limits
 
@@ -59,6 +61,9 @@ def test_limits_follow_the_settings():
     assert doc.photo_max_bytes == 5_000_000 and "5000000" in doc.photo_size_message
     assert (doc.height_cm.min, doc.height_cm.max, doc.weight_kg.min, doc.weight_kg.max) == (50, 250, 20, 300)
     assert doc.genders == ["male", "female", "other"] and "waist" in doc.measurements
+    # the page offers what the API accepts, the default first
+    assert doc.clothing == list(CLOTHING) == list(get_args(Clothing)) == ["regular", "fitted"]
+    assert CreateAvatarIn.model_fields["clothing"].default == doc.clothing[0]
     assert re.fullmatch(doc.user_id_pattern.strip("^$"), "walk-in_1") and not re.fullmatch(
         doc.user_id_pattern.strip("^$"), "-bad")
 
