@@ -139,7 +139,7 @@ def job_status(svc: Services, request: Request, job: Job, message: str | None = 
     return JobStatusOut(
         job_id=job.id, user_id=job.user_id, status=job.status, progress=job.progress, stage=job.stage,
         inputs=JobInputs(height=job.height_cm, weight=job.weight_kg, gender=job.gender,
-                         clothing=job.clothing or "regular"),
+                         clothing=job.clothing),
         message=message or job.message, avatar_url=files.get("avatar_textured.glb"), files=files,
         measurements=job.measurements or {}, error=error, timings=job.timings or {},
         created_at=job.created_at, started_at=job.started_at, completed_at=job.completed_at)

@@ -234,7 +234,7 @@ class JobRunner:
 
         reporter = asyncio.create_task(report())
         subject = Subject(height_cm=job.height_cm, gender=job.gender, weight_kg=job.weight_kg,
-                          clothing=job.clothing or "regular")
+                          clothing=job.clothing)
         try:
             # a timeout or a shutdown sets ``cancel`` and waits for the job's batch, if it runs:
             # the thread cannot be killed, and the work folder is in use until it returns

@@ -150,7 +150,7 @@ class RunpodRunner(WorkerStores):
     async def _submit(self, job: Job, deadline: float) -> str:
         payload: dict[str, Any] = {
             "input": {"photo_url": self._photo_link(job), "height": job.height_cm, "weight": job.weight_kg,
-                      "gender": job.gender, "clothing": job.clothing or "regular", "user_id": job.user_id},
+                      "gender": job.gender, "clothing": job.clothing, "user_id": job.user_id},
             "policy": {"executionTimeout": max(1000, int((deadline - time.time()) * 1000))},
         }
         answer = await self._retrying(lambda: self.client.run(payload), deadline)
