@@ -25,7 +25,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     c.add_argument("--height", type=float, required=True, help="height in cm (50-250)")
     c.add_argument("--weight", type=float, default=None, help="weight in kg (20-300), optional")
     c.add_argument("--gender", default="other", help=f"one of {', '.join(GENDERS)}")
-    c.add_argument("--clothing", default="regular", help="regular (everyday clothes, the default) | fitted "
+    c.add_argument("--clothing", default="regular", help="regular (everyday clothes, the default; a photo whose "
+                   "silhouette shows clothes that follow the body is read as fitted) | fitted "
                    "(skin-tight: sportswear, a scan suit; the outline is then read as the body's)")
     c.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
     c.add_argument("--device", default="auto", help="auto | cpu | cuda:N")

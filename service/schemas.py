@@ -43,7 +43,8 @@ class CreateAvatarIn(Strict):
     weight: float | None = Field(None, ge=WEIGHT_RANGE_KG[0], le=WEIGHT_RANGE_KG[1], description="kg")
     gender: Gender
     clothing: Clothing = Field("regular", description="regular: everyday clothes (the fit expects them to "
-                               "stand a little off the body); fitted: skin-tight (sportswear, a scan suit)")
+                               "stand a little off the body, unless the photo's silhouette shows they "
+                               "follow it); fitted: skin-tight (sportswear, a scan suit)")
 
 
 class CreateAvatarOut(BaseModel):

@@ -48,19 +48,40 @@ def test_measurements_of_a_known_body_are_recovered(name, pipeline, anny_body, t
 def test_fitted_clothing_reads_the_outline_as_the_body(pipeline, anny_body, tmp_path):
     """These renders wear skin-tight clothes. Said so (``clothing="fitted"``), the fit takes the
     outline for the body's own instead of expecting everyday clothes about 1 cm off it: the
-    girths come out larger (everyday clothes assumed make a body in tight ones too thin)."""
+    girths come out larger. Said nothing ("regular"), a photo whose predicted offset at the hips
+    (the learned prior's reading of the silhouette) is below ``auto_fitted_below_cm`` is fitted
+    exactly as if it had been said; how often that reading is right is the eval's business."""
+    from dataclasses import replace
+
     truth = truth_for(anny_body, **BODIES["heavy_woman"])
     image, _, _ = render_truth(truth, anny_body, pipeline.renderer, np.random.default_rng(7), with_mask=True)
     photo = tmp_path / "photo.png"
     Image.fromarray(image).save(photo)
-    got = {}
-    for clothing in ("regular", "fitted"):
-        result = pipeline.run(Job(photo, Subject(truth.height_cm, truth.gender, truth.weight_kg, clothing),
-                                  tmp_path / clothing))
+    fitter = pipeline._fitter(pipeline.body_for(truth.gender))
+    default = fitter.config
+
+    def run(clothing, below_cm, name):
+        fitter.config = replace(default, auto_fitted_below_cm=below_cm)
+        try:
+            result = pipeline.run(Job(photo, Subject(truth.height_cm, truth.gender, truth.weight_kg, clothing),
+                                      tmp_path / name))
+        finally:
+            fitter.config = default
         assert result.fit["clothing"] == clothing
-        got[clothing] = result.measurements
+        return result.measurements, result.fit
+
     girths = ("chest", "waist", "hip")
-    assert sum(got["fitted"][k] for k in girths) > sum(got["regular"][k] for k in girths) + 0.5, got
+    fitted, fit_fitted = run("fitted", default.auto_fitted_below_cm, "fitted")
+    assert fit_fitted["clothing_read"] == "fitted"
+    regular, fit_regular = run("regular", 0.0, "regular")  # never read as fitted
+    assert fit_regular["clothing_read"] == "regular"
+    assert sum(fitted[k] for k in girths) > sum(regular[k] for k in girths) + 0.5, (fitted, regular)
+    hips_cm = fit_regular["cloth_predicted_cm"][0]
+    assert 0.0 <= hips_cm < 4.0
+    read, fit_read = run("regular", hips_cm + 0.5, "read")  # the photo reads as fitted clothes
+    assert fit_read["clothing_read"] == "fitted"
+    for key in girths:
+        assert read[key] == pytest.approx(fitted[key], abs=0.05), key
 
 
 def test_truth_bodies_differ_where_the_photo_must_tell_them_apart(anny_body):

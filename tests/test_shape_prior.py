@@ -91,12 +91,36 @@ def test_the_packaged_prior_matches_the_body_model_and_the_features():
     assert len(prior.models["no_weight"].x_mean) == n_feat - 1
     assert np.all(prior.models["weight"].sigma > 0) and np.all(prior.models["weight"].sigma < 0.5)
     assert PRIOR_FILE.stat().st_size < 2_000_000
+    # the clothes' offsets at the hips and under the arms, from the same features
+    assert prior.cloth_outputs == ["hips_cm", "under_arms_cm"]
+    assert len(prior.cloth_models["weight"].x_mean) == n_feat
+    assert len(prior.cloth_models["no_weight"].x_mean) == n_feat - 1
+    assert np.all(prior.cloth_models["weight"].sigma > 0) and np.all(prior.cloth_models["weight"].sigma < 1.5)
     # the training set is none of the eval splits
     from inference.eval.splits import SPLITS
 
     seed = prior.doc["trained_on"]["seed"]
     assert seed == SPLITS["prior-train"].seed
     assert all(s.seed != seed for name, s in SPLITS.items() if name != "prior-train")
+
+
+def test_cloth_targets_follow_the_generators_garments():
+    from inference.eval.train_prior import cloth_targets
+
+    hips, arms = cloth_targets({"top": 0.01, "bottom": 0.03})
+    assert hips == pytest.approx(3.0)  # the looser trousers are the outline at the hips
+    assert 0.3 < arms < 0.5  # a top hangs from the shoulders: little offset under the arms
+    assert cloth_targets({"top": 0.0, "bottom": 0.0}) == [0.0, 0.0]
+
+
+def test_predicted_cloth_is_never_negative_and_absent_from_an_older_prior():
+    prior = ShapePrior.load()
+    m = prior.cloth_models["weight"]
+    far = m.x_mean - 50 * m.x_std * np.sign(m.coef[:, 0])  # features that push the hips' offset below 0
+    mean, sigma = prior.predict_cloth(far, with_weight=True)
+    assert mean.shape == sigma.shape == (2,) and np.all(mean >= 0.0)
+    older = ShapePrior({k: v for k, v in prior.doc.items() if not k.startswith("cloth")})
+    assert older.predict_cloth(m.x_mean, with_weight=True) is None
 
 
 @pytest.mark.slow
@@ -109,3 +133,5 @@ def test_train_prior_is_one_command(tmp_path):
     assert prior.doc["trained_on"]["photos"] >= 4
     mean, sigma = prior.predict(np.asarray(prior.models["weight"].x_mean), with_weight=True)
     assert mean.shape == sigma.shape == (len(prior.outputs),)
+    cloth, cloth_sigma = prior.predict_cloth(np.asarray(prior.models["weight"].x_mean), with_weight=True)
+    assert cloth.shape == cloth_sigma.shape == (2,)

@@ -105,6 +105,8 @@ def run_fit_only(set_dir: Path, device: str = "cpu", fit=None, inputs: str = "ex
                          "scene": describe(t.get("scene")),
                          "truth_phenotypes": t["phenotypes"], "shape": f.shape[0].tolist(),
                          "prior_mean": f.diagnostics.get("prior_mean"),
+                         "clothing_read": f.diagnostics.get("clothing_read", clothing),
+                         "cloth_predicted_cm": f.diagnostics.get("cloth_predicted_cm"),
                          "prior_features": f.diagnostics.get("prior_features")})
         log(f"{case.name}: chest/waist/hip {signed['chest']:+.1f}/{signed['waist']:+.1f}/{signed['hip']:+.1f}")
     return {"cases": len(cases),
@@ -134,10 +136,11 @@ def format_fit_only(r: dict, worst: int = 5) -> str:
              *(f"{m:16s} {r['mean'][m]:5.2f} {r['max'][m]:5.2f} {r['bias'][m]:+5.2f}   {b['mean'][m]:5.2f} / {b['max'][m]:5.2f}"
                for m in MEASUREMENTS),
              f"mask IoU against the true silhouette: mean {r['mask_iou']['mean']:.3f}, min {r['mask_iou']['min']:.3f}",
+             f"read as fitted clothes: {sum(c.get('clothing_read') == 'fitted' for c in r['per_case'])} of {r['cases']}",
              "worst photos (chest/waist/hip error, cm; mask IoU) and what was unusual:"]
     girth = lambda c: max(abs(c["error_cm"][m]) for m in ("chest", "waist", "hip"))  # noqa: E731
     for c in sorted(r["per_case"], key=girth, reverse=True)[:worst]:
         e = c["error_cm"]
         lines.append(f"  {c['case']}: chest {e['chest']:+.1f} waist {e['waist']:+.1f} hip {e['hip']:+.1f}; "
-                     f"IoU {c['mask_iou']:.2f} — {c['scene']}")
+                     f"IoU {c['mask_iou']:.2f}{'; read as fitted' if c.get('clothing_read') == 'fitted' else ''} — {c['scene']}")
     return "\n".join(lines)

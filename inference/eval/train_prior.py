@@ -7,7 +7,9 @@ from the wide generator's renders, by one command, reproducibly:
    inputs a user a little off would type (``perturbed_input``), so the prior learns how far to
    trust them;
 3. ridge regressions, features → the true shape parameters (with and without the typed weight),
-   penalties by cross-validation, written with their cross-validated spreads.
+   penalties by cross-validation, written with their cross-validated spreads; and the same from
+   the features to how far the renders' clothes stand off the body at the hips and under the arms
+   (``cloth_targets``).
 """
 from __future__ import annotations
 
@@ -22,12 +24,22 @@ from inference.stages.shape_prior import PRIOR_FILE, fit_ridge
 from inference.types import Subject
 
 OUTPUTS = ("age", "muscle", "weight", "height", "proportions")
+CLOTH_OUTPUTS = ("hips_cm", "under_arms_cm")
 BMI_COLUMN = 2  # in ``photo_features``: dropped for the model without a typed weight
 
 
+def cloth_targets(clothing: dict) -> list[float]:
+    """A render's garments (``generate.dress``: the top stands off the body by ``top`` metres at
+    its hem and a third of that at the shoulders, the trousers by ``bottom`` at the waist) → the
+    offset on each side (cm) at the hips, where the looser of the two is the outline, and under
+    the arms (~15 % of the way from the shoulders to the hem)."""
+    top, bottom = 100.0 * clothing["top"], 100.0 * clothing["bottom"]
+    return [max(top, bottom), top * (0.33 + 0.67 * 0.15)]
+
+
 def collect(set_dir: Path, n: int, device: str = "cpu", log=print) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The first ``n`` cases → features (N, F), true shape parameters (N, len(OUTPUTS)), case
-    names. Each case's features are kept in ``set_dir/.features/`` as they come (a larger ``n``
+    """The first ``n`` cases → features (N, F), true shape parameters and cloth offsets
+    (N, len(OUTPUTS) + len(CLOTH_OUTPUTS)), case names. Each case's features are kept in ``set_dir/.features/`` as they come (a larger ``n``
     reuses them; delete the folder after changing the features or the fit)."""
     from inference.pipeline import Pipeline, PipelineConfig
     from inference.stages.fit import FitConfig, Fitter
@@ -62,7 +74,8 @@ def collect(set_dir: Path, n: int, device: str = "cpu", log=print) -> tuple[np.n
         if feats is None:  # too few trusted bands: no learned prior for such a photo
             continue
         X.append(feats)
-        Y.append([truths[c.name]["phenotypes"][o] for o in OUTPUTS])
+        Y.append([truths[c.name]["phenotypes"][o] for o in OUTPUTS]
+                 + cloth_targets(truths[c.name]["scene"]["clothing"]))
         names.append(c.name)
     return np.asarray(X), np.asarray(Y), names
 
@@ -79,9 +92,12 @@ def train_prior(work_dir: Path, out: Path = PRIOR_FILE, n: int | None = None, de
     set_dir = Path(work_dir) / f"{split.preset}-{split.seed}"
     if not (set_dir / f"case_{n - 1:03d}" / "truth.json").is_file():
         make_set(set_dir, n=n, seed=split.seed, preset=split.preset, log=log)
-    X, Y, names = collect(set_dir, n, device, log)
+    X, YC, names = collect(set_dir, n, device, log)
+    Y, C = YC[:, :len(OUTPUTS)], YC[:, len(OUTPUTS):]
     with_w, info_w = fit_ridge(X, Y)
     no_w, info_nw = fit_ridge(np.delete(X, BMI_COLUMN, 1), Y)
+    cloth_w, info_cw = fit_ridge(X, C)
+    cloth_nw, info_cnw = fit_ridge(np.delete(X, BMI_COLUMN, 1), C)
     doc = {
         "about": "learned shape prior for the Anny body (inference/stages/shape_prior.py); "
                  "rebuild: avatar eval train-prior",
@@ -89,10 +105,13 @@ def train_prior(work_dir: Path, out: Path = PRIOR_FILE, n: int | None = None, de
         "trained_on": {"preset": split.preset, "seed": split.seed, "photos": len(names)},
         "cv": {"weight": info_w, "no_weight": info_nw},
         "models": {"weight": _rounded(with_w.to_json()), "no_weight": _rounded(no_w.to_json())},
+        "cloth_outputs": list(CLOTH_OUTPUTS),
+        "cloth_cv": {"weight": info_cw, "no_weight": info_cnw},
+        "cloth_models": {"weight": _rounded(cloth_w.to_json()), "no_weight": _rounded(cloth_nw.to_json())},
     }
     Path(out).write_text(json.dumps(doc, indent=1) + "\n")
     log(f"wrote {out}: {len(names)} photos; cross-validated RMSE per output "
-        + ", ".join(f"{o} {e:.3f}" for o, e in zip(OUTPUTS, info_w["cv_rmse"])))
+        + ", ".join(f"{o} {e:.3f}" for o, e in zip(OUTPUTS + CLOTH_OUTPUTS, info_w["cv_rmse"] + info_cw["cv_rmse"])))
     return doc
 
 

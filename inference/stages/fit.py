@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -111,6 +111,10 @@ class FitConfig:
     cloth_gap: bool = True
     cloth_max_cm: float = 4.0
     sigma_cloth_cm: float = 1.5
+    # a photo of someone said to wear everyday clothes ("regular") whose silhouette says the
+    # clothes follow the body (the learned prior's predicted offset at the hips,
+    # ``ShapePrior.predict_cloth``, below this many cm) is fitted as "fitted" (below); 0: never
+    auto_fitted_below_cm: float = 1.2
     # a subject in fitted clothes (``Subject.clothing``): the outline is the body's, so stage C
     # expects no offset, the learned prior, trained on clothed photos, reads each band as that
     # much wider (both sides together), as it would be in everyday clothes, and its spread is
@@ -412,7 +416,16 @@ class Fitter:
                 if cfg.record_prior_features:
                     solve_info[i]["prior_features"] = None if feats is None else feats.tolist()
                 if feats is not None and self.prior is not None:
-                    mu, sigma = self.prior.predict(feats, with_weight=subjects[i].weight_kg is not None)
+                    with_w = subjects[i].weight_kg is not None
+                    cloth = self.prior.predict_cloth(feats, with_weight=with_w)
+                    if cloth is not None:
+                        solve_info[i]["cloth_predicted_cm"] = [round(float(c), 2) for c in cloth[0]]
+                        if subjects[i].clothing == "regular" and cloth[0][0] < cfg.auto_fitted_below_cm:
+                            # the silhouette says the clothes follow the body: read it as such
+                            subjects[i] = replace(subjects[i], clothing="fitted")
+                            feats = self._prior_features(sh[i], free[i], subjects[i], t, reads[i])
+                    solve_info[i]["clothing_read"] = subjects[i].clothing
+                    mu, sigma = self.prior.predict(feats, with_weight=with_w)
                     scale = cfg.prior_scale * (cfg.fitted_prior_scale if subjects[i].clothing == "fitted" else 1.0)
                     learned[i] = (torch.as_tensor(mu, device=dev, dtype=dt),
                                   torch.as_tensor(sigma * scale, device=dev, dtype=dt))

@@ -6,7 +6,11 @@ proportions show in a front silhouette, is learned here from the wide eval gener
 (``avatar eval train-prior``; training seeds are disjoint from the dev, test, studio and calib
 splits): a ridge regression from the photo's features (below) to the body model's free shape
 parameters, with the spread of its cross-validated errors. The fitter's stage C then pulls the
-shape toward the prediction by that spread instead of toward the population's middle.
+shape toward the prediction by that spread instead of toward the population's middle. A second
+regression from the same features predicts how far the clothes stand off the body (cm, each side)
+at the hips and under the arms: a silhouette shows whether the clothes hang loose (trousers wider
+than the legs inside them would be, a top that flares toward its hem) or follow the body, and
+a photo whose clothes follow the body is fitted as one said to wear fitted clothes.
 
 Features of one photo, read after stage B (pose and camera fitted), all scale-free or in cm:
 - the typed height (m), the body-mass index (with a weight; a second model has none) and gender;
@@ -127,6 +131,8 @@ class ShapePrior:
         self.doc = doc
         self.outputs: list[str] = doc["outputs"]  # shape parameter names, in the model's order
         self.models = {k: RidgeModel.from_json(v) for k, v in doc["models"].items()}
+        self.cloth_outputs: list[str] = doc.get("cloth_outputs", [])
+        self.cloth_models = {k: RidgeModel.from_json(v) for k, v in doc.get("cloth_models", {}).items()}
 
     @classmethod
     def load(cls, path: Path = PRIOR_FILE) -> "ShapePrior | None":
@@ -136,3 +142,11 @@ class ShapePrior:
         """→ (mean, sigma) of the ``outputs`` shape parameters."""
         m = self.models["weight" if with_weight else "no_weight"]
         return m.predict(features[None])[0], m.sigma
+
+    def predict_cloth(self, features: np.ndarray, with_weight: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """→ (mean, sigma) of how far the clothes stand off the body on each side (cm) at the
+        hips and under the arms (``cloth_outputs``), or None for a prior trained without them."""
+        m = self.cloth_models.get("weight" if with_weight else "no_weight")
+        if m is None:
+            return None
+        return np.clip(m.predict(features[None])[0], 0.0, None), m.sigma
