@@ -65,3 +65,22 @@ def test_mesh_volume_is_the_same_with_and_without_a_gradient(anny_body):
     tracked = mesh_volume(vertices.clone().requires_grad_(True), faces)
     assert torch.equal(plain, tracked.detach())
     assert ((plain > 0.03) & (plain < 0.2)).all()  # m³: adults
+
+
+def test_initial_shape_is_the_same_with_its_height_grid_remembered(anny_body):
+    from inference.types import Subject
+
+    for subject in (Subject(172, "female", 60), Subject(188, "male", 90), Subject(160, "other", None)):
+        anny_body._height_grids = {}
+        first = anny_body.initial_shape(subject)
+        assert torch.equal(anny_body.initial_shape(subject), first)  # the grid remembered
+    assert len(anny_body._height_grids) == 1
+
+
+def test_remembered_pose_matrices_are_the_ones_computed(anny_body):
+    limbs = torch.randn(2, 10, 3, generator=torch.Generator().manual_seed(3)) * 0.3
+    made = anny_body._pose_matrices_of(limbs, 2)
+    assert torch.equal(anny_body._pose_matrices(limbs, 2), made)
+    assert torch.equal(anny_body._pose_matrices(limbs.clone(), 2), made)  # from the cache
+    tracked = limbs.clone().requires_grad_(True)  # limbs with a gradient are never cached
+    assert anny_body._pose_matrices(tracked, 2).requires_grad

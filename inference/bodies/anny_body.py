@@ -84,6 +84,11 @@ class AnnyBody(BodyModel):
         # the shape-only part of the last few forwards of shapes that need no gradient (see
         # ``_rest_model``): a tuple of (shape, rest) pairs, replaced as a whole (thread-safe reads)
         self._rest_cache: tuple = ()
+        # the same for the pose matrices of limbs that need no gradient (the standing A-pose,
+        # posed with every shape the fit tries): (limbs, batch, matrices) triples
+        self._pose_cache: tuple = ()
+        # initial_shape's grid of heights (G, V) per gender value: it depends on nothing else
+        self._height_grids: dict[float, torch.Tensor] = {}
 
     # ---- shape ----------------------------------------------------------------------------
     def initial_shape(self, subject: Subject) -> torch.Tensor:
@@ -99,10 +104,14 @@ class AnnyBody(BodyModel):
         # way the estimate says. Only the last few steps, near the answer, run the body (as
         # before, one shape at a time), so the result is the plain bisection's, bit for bit.
         grid = torch.linspace(0.0, 1.0, HEIGHT_GRID, dtype=torch.float64)
-        shapes = shape.repeat(HEIGHT_GRID, 1)
-        shapes[:, 4] = grid.to(self.dtype)
-        with torch.no_grad():
-            y = self.rest(shapes).vertices[..., 1].to(device="cpu", dtype=torch.float64)  # (G, V)
+        # the grid's shapes differ only in the gender: computed once per gender value
+        y = self._height_grids.get(float(shape[0, 0]))
+        if y is None:
+            shapes = shape.repeat(HEIGHT_GRID, 1)
+            shapes[:, 4] = grid.to(self.dtype)
+            with torch.no_grad():
+                y = self.rest(shapes).vertices[..., 1].to(device="cpu", dtype=torch.float64)  # (G, V)
+            self._height_grids = {**self._height_grids, float(shape[0, 0]): y}
 
         def estimated_height(h: float) -> float:
             k = min(max(int(torch.searchsorted(grid, torch.tensor(h, dtype=torch.float64))), 1),
@@ -195,6 +204,17 @@ class AnnyBody(BodyModel):
         at the limbs' bones); None → identity, batch 1 (as Anny's forward takes no pose)."""
         if limbs is None:
             return self._eye4[None, None].expand(1, self._n_bones, 4, 4)
+        cacheable = not limbs.requires_grad
+        if cacheable:
+            for key, key_batch, value in self._pose_cache:
+                if key_batch == batch and key.shape == limbs.shape and torch.equal(key, limbs):
+                    return value
+        value = self._pose_matrices_of(limbs, batch)
+        if cacheable:
+            self._pose_cache = ((limbs.clone(), batch, value),) + self._pose_cache[:1]
+        return value
+
+    def _pose_matrices_of(self, limbs: torch.Tensor, batch: int) -> torch.Tensor:
         from inference.bodies.base import rotvec_to_matrix
 
         rv_anny = limbs @ self._m  # canonical axis-angle → Anny axes (M^T v, row form)
