@@ -39,8 +39,9 @@ def cloth_targets(clothing: dict) -> list[float]:
 
 def collect(set_dir: Path, n: int, device: str = "cpu", log=print) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The first ``n`` cases → features (N, F), true shape parameters and cloth offsets
-    (N, len(OUTPUTS) + len(CLOTH_OUTPUTS)), case names. Each case's features are kept in ``set_dir/.features/`` as they come (a larger ``n``
-    reuses them; delete the folder after changing the features or the fit)."""
+    (N, len(OUTPUTS) + len(CLOTH_OUTPUTS)), case names. Each case's features are kept in
+    ``set_dir/.features/`` as they come (a larger ``n`` reuses them; delete the folder after
+    changing the features or the fit)."""
     from inference.pipeline import Pipeline, PipelineConfig
     from inference.stages.fit import FitConfig, Fitter
 
