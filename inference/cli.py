@@ -191,6 +191,9 @@ def _create(args) -> int:
     print(f"\nbody mass from volume: {res.fit['mass_kg']:.1f} kg"
           + (f" (typed {typed:.1f} kg: the photo may pull against it)" if typed else "")
           + f" · scale {res.fit['scale']:.3f}")
+    if res.fit.get("clothing_read", res.fit.get("clothing")) != res.fit.get("clothing"):
+        print(f"clothing: said {res.fit['clothing']}, read as {res.fit['clothing_read']} from the silhouette "
+              f"(predicted {res.fit['cloth_predicted_cm'][0]:.1f} cm off the body at the hips)")
     print(f"wrote {len(res.files)} files to {res.out_dir}")
     return _created(whole_process)
 
