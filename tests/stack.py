@@ -16,6 +16,15 @@ from service_procs import api_server, run_avatar
 FINAL = {"completed", "failed", "cancelled"}
 
 
+def polled(c: httpx.Client, url: str) -> dict:
+    """GET ``url`` as a polling client does: a 429 (polled faster than the API's rate limit, as a
+    loaded machine makes the tests do) is waited out for its Retry-After, not read as a status."""
+    while (r := c.get(url)).status_code == 429:
+        time.sleep(float(r.headers.get("Retry-After", "1")))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 @dataclass
 class Stack:
     base: str
@@ -85,7 +94,7 @@ def follow(c: httpx.Client, job_id: str, timeout: float = 240) -> list[dict]:
     """Every status document until the job is final (polled the way a client polls)."""
     seen, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
-        doc = c.get(f"/api/avatar/status/{job_id}").json()
+        doc = polled(c, f"/api/avatar/status/{job_id}")
         seen.append(doc)
         if doc["status"] in FINAL:
             return seen
@@ -118,7 +127,7 @@ def query(stack: Stack, sql: str):
 def wait_status(c, job_id: str, want: set[str], timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        doc = c.get(f"/api/avatar/status/{job_id}").json()
+        doc = polled(c, f"/api/avatar/status/{job_id}")
         if doc["status"] in want:
             return doc
         time.sleep(0.1)

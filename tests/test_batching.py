@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from service_procs import api_server, run_avatar, worker
-from stack import (FINAL, Stack, assert_charged_once, assert_released, create, nobody_jpeg, objects, service_env,
-                   upload, wait_status)
+from stack import (FINAL, Stack, assert_charged_once, assert_released, create, nobody_jpeg, objects, polled,
+                   service_env, upload, wait_status)
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +35,7 @@ def watch(c, job_ids: list[str], timeout: float = 600, on_doc=None) -> dict[str,
         for job_id in job_ids:
             if seen[job_id] and seen[job_id][-1]["status"] in FINAL:
                 continue
-            r = c.get(f"/api/avatar/status/{job_id}")
-            if r.status_code == 429:  # polled faster than the API's rate limit (a slow machine): wait
-                time.sleep(float(r.headers.get("Retry-After", "1")))
-                continue
-            assert r.status_code == 200, r.text
-            doc = r.json()
+            doc = polled(c, f"/api/avatar/status/{job_id}")
             seen[job_id].append(doc)
             if on_doc:
                 on_doc(job_id, doc)

@@ -23,6 +23,7 @@ import runpod
 import fake_runpod
 from inference import artefacts
 from service_procs import api_server, run_avatar, worker
+from stack import polled
 from test_service_api import _worker_result, load_artefact, upload
 
 pytestmark = pytest.mark.slow
@@ -125,7 +126,7 @@ def person(photo: str, user: str | None = None, **kw) -> dict:
 def follow(c: httpx.Client, job_id: str, timeout: float = 300) -> list[dict]:
     seen, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
-        seen.append(c.get(f"/api/avatar/status/{job_id}").json())
+        seen.append(polled(c, f"/api/avatar/status/{job_id}"))
         if seen[-1]["status"] in FINAL:
             return seen
         time.sleep(0.2)
@@ -226,7 +227,7 @@ def test_the_seed_flow_through_the_runpod_backend_survives_an_api_restart(front,
     assert r.status_code == 202, r.text
     job_id, seen = r.json()["job_id"], []
     while not seen or seen[-1]["status"] != "processing":  # RunPod has started it: restart the API
-        seen.append(acme.get(f"/api/avatar/status/{job_id}").json())
+        seen.append(polled(acme, f"/api/avatar/status/{job_id}"))
         assert len(seen) < 1000, seen[-1]
         time.sleep(0.1)
     front.restart_api()
@@ -337,7 +338,7 @@ def test_a_job_past_its_policy_execution_timeout_ends_timed_out(scripted, script
     r = v2.post("/run", json={"input": person(scripted_photo, "u-forever"), "policy": {"executionTimeout": 1000}})
     assert r.status_code == 200 and r.json()["status"] == "IN_QUEUE"
     job_id, deadline = r.json()["id"], time.monotonic() + 30
-    while (doc := v2.get(f"/status/{job_id}").json())["status"] in ("IN_QUEUE", "IN_PROGRESS"):
+    while (doc := polled(v2, f"/status/{job_id}"))["status"] in ("IN_QUEUE", "IN_PROGRESS"):
         assert time.monotonic() < deadline, doc
         time.sleep(0.1)
     assert doc["status"] == "TIMED_OUT" and doc["error"].startswith("timeout: "), doc
@@ -355,7 +356,7 @@ def test_v2_stream_purge_queue_and_retry_on_a_service_that_forwards_to_runpod(sc
 
     def wait_for(user: str, status: str) -> dict:
         deadline = time.monotonic() + 30
-        while (doc := v2.get(f"/status/{ids[user]}").json())["status"] != status:
+        while (doc := polled(v2, f"/status/{ids[user]}"))["status"] != status:
             assert time.monotonic() < deadline, doc
             time.sleep(0.1)
         return doc
