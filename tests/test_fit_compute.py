@@ -84,3 +84,13 @@ def test_remembered_pose_matrices_are_the_ones_computed(anny_body):
     assert torch.equal(anny_body._pose_matrices(limbs.clone(), 2), made)  # from the cache
     tracked = limbs.clone().requires_grad_(True)  # limbs with a gradient are never cached
     assert anny_body._pose_matrices(tracked, 2).requires_grad
+
+
+def test_a_height_grid_remembered_for_one_subject_serves_another_of_the_same_gender(anny_body):
+    from inference.types import Subject
+
+    anny_body._height_grids = {}
+    fresh = anny_body.initial_shape(Subject(160, "female", None))
+    anny_body._height_grids = {}
+    anny_body.initial_shape(Subject(185, "female", 95))  # fills the grid
+    assert torch.equal(anny_body.initial_shape(Subject(160, "female", None)), fresh)

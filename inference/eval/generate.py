@@ -150,6 +150,12 @@ def photo_pose(body, shape: torch.Tensor, pose: dict) -> torch.Tensor:
     return limbs
 
 
+def top_offset(top: float, t):
+    """A top's offset along the normals ``t`` of the way from the shoulders (0) to its hem (1):
+    a third of the hem's at the shoulders (a loose shirt hangs from them)."""
+    return top * (0.33 + 0.67 * t)
+
+
 def dress(vertices: np.ndarray, faces: np.ndarray, masks: dict, clothing: dict) -> np.ndarray:
     """The body's surface pushed out along its normals where the garments are: the top by up to
     ``clothing["top"]`` metres at the hem (a third of that at the shoulders: a loose shirt hangs
@@ -163,7 +169,7 @@ def dress(vertices: np.ndarray, faces: np.ndarray, masks: dict, clothing: dict) 
     if top.any():
         y = v[top, 1]
         t = (y.max() - y) / max(np.ptp(y), 1e-6)  # 0 at the shoulders, 1 at the hem
-        off[top] = clothing["top"] * (0.33 + 0.67 * t)
+        off[top] = top_offset(clothing["top"], t)
     if bottom.any():
         y = v[bottom, 1]
         t = (y - y.min()) / max(np.ptp(y), 1e-6)  # 0 at the ankles, 1 at the waist

@@ -33,8 +33,10 @@ def cloth_targets(clothing: dict) -> list[float]:
     its hem and a third of that at the shoulders, the trousers by ``bottom`` at the waist) → the
     offset on each side (cm) at the hips, where the looser of the two is the outline, and under
     the arms (~15 % of the way from the shoulders to the hem)."""
+    from inference.eval.generate import top_offset
+
     top, bottom = 100.0 * clothing["top"], 100.0 * clothing["bottom"]
-    return [max(top, bottom), top * (0.33 + 0.67 * 0.15)]
+    return [max(top, bottom), top_offset(top, 0.15)]
 
 
 def collect(set_dir: Path, n: int, device: str = "cpu", log=print) -> tuple[np.ndarray, np.ndarray, list[str]]:
