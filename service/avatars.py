@@ -16,7 +16,8 @@ from service.db import Avatar, Job, new_id
 from service.deps import Services
 from service.errors import ApiError, not_found
 from service.photos import check_host_public, check_url_shape, sniff_image
-from service.schemas import CreateAvatarIn, CreateAvatarOut, JobError, JobInputs, JobStatusOut, PassportOut
+from service.schemas import (CreateAvatarIn, CreateAvatarOut, FitSummary, JobError, JobInputs, JobStatusOut,
+                             PassportOut)
 
 PHOTO_PATH = re.compile(r"^/api/photos/([0-9a-f]{32})$")
 PHOTO_TYPES = ("image/jpeg", "image/png", "image/webp")
@@ -142,6 +143,7 @@ def job_status(svc: Services, request: Request, job: Job, message: str | None = 
                          clothing=job.clothing),
         message=message or job.message, avatar_url=files.get("avatar_textured.glb"), files=files,
         measurements=job.measurements or {}, error=error, timings=job.timings or {},
+        fit=FitSummary.model_validate(job.fit) if job.fit else None,
         created_at=job.created_at, started_at=job.started_at, completed_at=job.completed_at)
 
 

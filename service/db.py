@@ -77,6 +77,7 @@ class Job(Base):
     files: Mapped[dict[str, Any]] = mapped_column(default=dict)
     measurements: Mapped[dict[str, Any]] = mapped_column(default=dict)
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    fit: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)  # 0006: a completed job's FitSummary
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(128), nullable=True)

@@ -99,7 +99,8 @@ class AvatarOutput(BaseModel):
     measurements: dict[str, float]
     timings: dict[str, Any]
     body_model: str | None
-    fit: dict[str, Any] | None = None
+    fit: dict[str, Any] | None = Field(None, description="the handler: the pipeline's whole fit summary "
+                                       "(diagnostics included); our /v2: the job's FitSummary")
 
 
 class Progress(BaseModel):

@@ -1,12 +1,15 @@
 """Request and response bodies of the API."""
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inference.types import HEIGHT_RANGE_CM, MEASUREMENTS, WEIGHT_RANGE_KG
+from inference.types import CLOTHING, HEIGHT_RANGE_CM, MEASUREMENTS, WEIGHT_RANGE_KG
 
 USER_ID = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
 Gender = Literal["male", "female", "other"]
@@ -69,6 +72,71 @@ class JobInputs(BaseModel):
     clothing: str
 
 
+class ClothOffset(BaseModel):
+    hips: float = Field(description="cm the clothes stand off the body on each side at the hips")
+    under_arms: float = Field(description="cm the clothes stand off the body on each side under the arms")
+
+
+class FitSummary(BaseModel):
+    """What the fit made of the person beside what the request said (a completed job's; null before)."""
+
+    body_model: str | None = Field(None, description="the body model fitted (anny or smpl)")
+    mass_kg: float | None = Field(None, description="the fitted body's mass from its volume, kg: the photo's "
+                                  "reading, pulled towards the typed weight when one was given")
+    weight_kg_typed: float | None = Field(None, description="the weight the request gave, kg (null: none given)")
+    clothing_said: Clothing | None = Field(None, description="the clothing the request gave")
+    clothing_read: Clothing | None = Field(None, description="what the fit took the clothes for: fitted when "
+                                           "the silhouette shows they follow the body, else what was said; "
+                                           "null when the fit did not read them (SMPL has no learned prior; "
+                                           "a photo's widths may give it too little to read)")
+    cloth_offset_cm: ClothOffset | None = Field(None, description="how far the fit predicted the clothes to "
+                                                "stand off the body (null without a prediction)")
+
+    @classmethod
+    def of(cls, fit: Any, *, weight_kg: float | None, clothing: str | None) -> FitSummary | None:
+        """The summary of a pipeline's ``Result.fit`` (or of a summary, as our /v2 returns it) with the
+        typed inputs. ``fit`` may come from a RunPod worker: a malformed value is left out, never an
+        error; None when nothing of the fit is usable."""
+        if not isinstance(fit, Mapping):
+            return None
+        cloth = fit.get("cloth_predicted_cm", fit.get("cloth_offset_cm"))  # the pipeline's: [hips, under arms]
+        if isinstance(cloth, Mapping):  # a summary's
+            cloth = [cloth.get("hips"), cloth.get("under_arms")]
+        offsets = [_cm(c) for c in cloth] if isinstance(cloth, list) and len(cloth) == 2 else [None]
+        read = {"body_model": fit.get("body_model") if _is_name(fit.get("body_model")) else None,
+                "mass_kg": _kg(fit.get("mass_kg")),
+                "clothing_read": fit.get("clothing_read") if fit.get("clothing_read") in CLOTHING else None,
+                "cloth_offset_cm": ClothOffset(hips=offsets[0], under_arms=offsets[1])
+                if None not in offsets else None}
+        if all(v is None for v in read.values()):
+            return None
+        return cls(weight_kg_typed=weight_kg, clothing_said=clothing if clothing in CLOTHING else None, **read)
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        v = float(v)
+    except OverflowError:  # an int past any float
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _kg(v: Any) -> float | None:
+    v = _number(v)
+    return round(v, 2) if v is not None and 0 < v < 1000 else None
+
+
+def _cm(v: Any) -> float | None:
+    v = _number(v)
+    return round(v, 2) if v is not None and 0 <= v < 100 else None
+
+
+def _is_name(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"[a-z][a-z0-9_-]{0,15}", v) is not None
+
+
 class JobStatusOut(BaseModel):
     job_id: str
     user_id: str
@@ -82,6 +150,7 @@ class JobStatusOut(BaseModel):
     measurements: dict[str, float]
     error: JobError | None
     timings: dict[str, Any]
+    fit: FitSummary | None = Field(None, description="a completed job's fit beside the typed inputs")
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None

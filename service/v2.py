@@ -79,7 +79,8 @@ async def describe(storage: FileStorage | S3Storage, job: Job, base_url: str) ->
 
 async def _output(storage: FileStorage | S3Storage, job: Job, base_url: str) -> AvatarOutput:
     files = dict(job.files or {})
-    out = AvatarOutput(measurements=job.measurements or {}, timings=job.timings or {}, body_model=job.body_model)
+    out = AvatarOutput(measurements=job.measurements or {}, timings=job.timings or {}, body_model=job.body_model,
+                       fit=job.fit)
     if (job.v2_request or {}).get("return_files") == "links":
         out.files = {name: storage.url(key, base_url) for name, key in files.items()}
     else:

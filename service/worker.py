@@ -32,6 +32,7 @@ from service.batches import BatchingPipeline
 from service.db import Job
 from service.objects import artefact_key, try_prefix
 from service.photos import fetch_photo
+from service.schemas import FitSummary
 from service.settings import Settings
 from service.storage import FileStorage, ObjectNotFound, S3Storage
 
@@ -131,7 +132,7 @@ class JobRunner:
                 job_id, jobs.COMPLETED, owner=owner, files=files, measurements=result.measurements,
                 timings={"stages_ms": result.timings_ms, "total_ms": result.total_ms,
                          "wall_ms": round((time.monotonic() - t0) * 1000.0, 1), "batch_size": batch_size},
-                body_model=result.body_model, stage="done", message="avatar ready")
+                body_model=result.body_model, fit=stored_fit(job, result.fit), stage="done", message="avatar ready")
             if not done:  # cancelled, past its deadline or handed to another try meanwhile: drop our files
                 await self._discard(job, try_no)
                 return (await self._status(job_id)) or jobs.CANCELLED
@@ -289,6 +290,12 @@ class JobRunner:
                 await queue.stop_beating(self.redis, self.name)
             except Exception:
                 pass
+
+
+def stored_fit(job: Job, fit: object) -> dict | None:
+    """What the job row keeps of a fit (``FitSummary``), as JSON; the RunPod backend stores the same."""
+    summary = FitSummary.of(fit, weight_kg=job.weight_kg, clothing=job.clothing)
+    return summary.model_dump(mode="json") if summary else None
 
 
 def _gpu_memory(device: str) -> int | None:

@@ -17,6 +17,11 @@ ENDPOINT = "fake-endpoint"
 FILES = {"avatar_textured.glb": b"glTF-fake", "measurements.json": b'{"height": 170.0}'}
 OUTPUT = {"files_base64": {n: base64.b64encode(b).decode() for n, b in FILES.items()},
           "measurements": {"height": 170.0}, "timings": {"total_ms": 5.0}, "body_model": "anny"}
+# the handler's fit (Result.fit), and one a broken worker might send (NaN is what Python's json writes)
+FIT = {"body_model": "anny", "shape": {"height": 0.4}, "scale": 1.002, "mass_kg": 76.43, "volume_l": 77.6,
+       "keypoint_error_rel": 0.02, "cloth_predicted_cm": [0.71, 1.3], "clothing_read": "fitted",
+       "typed_weight_kg": 80.0, "clothing": "regular"}
+BAD_FIT = {"body_model": "anny", "mass_kg": float("nan"), "clothing_read": "baggy", "cloth_predicted_cm": [1.0, float("inf")]}
 
 
 @dataclass
@@ -64,6 +69,8 @@ class FakeRunpod:
             return 503, {"error": "busy"}
         return 200, {**doc, **{
             "u-429": {"status": "COMPLETED", "output": OUTPUT},
+            "u-fit": {"status": "COMPLETED", "output": {**OUTPUT, "fit": FIT}},
+            "u-badfit": {"status": "COMPLETED", "output": {**OUTPUT, "fit": BAD_FIT}},
             "u-failed": {"status": "FAILED", "error": "no_person: no person found in the photo"},
             "u-timedout": {"status": "TIMED_OUT", "error": "executionTimeout exceeded"},
             "u-forever": {"status": "IN_PROGRESS", "output": {"progress": 50, "stage": "fit", "message": "fitting"}},

@@ -1,4 +1,5 @@
-"""RunPod's protocol in our terms: states, "code: message" errors, and a /v2 policy's time left."""
+"""RunPod's protocol in our terms: states, "code: message" errors, a /v2 policy's time left, and the
+fit summary read from a RunPod worker's output."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -8,6 +9,7 @@ import pytest
 from service.db import Job, utcnow
 from service.job_hooks import seconds_left
 from service.runpod_protocol import V2Input, error_text, runpod_status, split_error
+from service.schemas import FitSummary
 
 
 @pytest.mark.parametrize("status,code,expected", [
@@ -40,3 +42,36 @@ def test_v2_input_has_the_apis_limits_and_an_optional_user():
     assert ok.user_id is None and ok.return_files == "base64"
     with pytest.raises(ValueError):
         V2Input(photo_url="https://example.com/a.jpg", height=300, gender="female")
+
+
+HANDLER_FIT = {"body_model": "anny", "shape": {"a": 0.1}, "scale": 1.01, "mass_kg": 76.43, "volume_l": 77.6,
+               "keypoint_error_rel": 0.02, "cloth_predicted_cm": [0.71, 1.3], "clothing_read": "fitted",
+               "prior_mean": [0.1, 0.2], "typed_weight_kg": 80.0, "clothing": "regular"}
+
+
+def test_the_fit_summary_keeps_what_a_client_reads_of_the_handlers_fit():
+    summary = FitSummary.of(HANDLER_FIT, weight_kg=80.0, clothing="regular")
+    assert summary.model_dump() == {
+        "body_model": "anny", "mass_kg": 76.43, "weight_kg_typed": 80.0, "clothing_said": "regular",
+        "clothing_read": "fitted", "cloth_offset_cm": {"hips": 0.71, "under_arms": 1.3}}
+    # our /v2 returns the summary: a service forwarding to it (BACKEND=runpod) reads the same
+    assert FitSummary.of(summary.model_dump(), weight_kg=80.0, clothing="regular") == summary
+
+
+@pytest.mark.parametrize("bad", [
+    {"mass_kg": float("nan")}, {"mass_kg": float("inf")}, {"mass_kg": -3}, {"mass_kg": "76"}, {"mass_kg": True},
+    {"mass_kg": 10**400}, {"clothing_read": "baggy"}, {"clothing_read": ["fitted"]},
+    {"cloth_predicted_cm": [1.0]}, {"cloth_predicted_cm": [1.0, float("nan")]}, {"cloth_predicted_cm": "wide"},
+    {"cloth_predicted_cm": None, "cloth_offset_cm": {"hips": 1.0}}, {"body_model": "<b>anny</b>"},
+])
+def test_a_malformed_value_in_a_runpod_fit_is_left_out(bad):
+    fit = {**HANDLER_FIT, **bad}
+    summary = FitSummary.of(fit, weight_kg=80.0, clothing="regular")
+    good = FitSummary.of(HANDLER_FIT, weight_kg=80.0, clothing="regular").model_dump()
+    left_out = {"cloth_predicted_cm": "cloth_offset_cm"}.get(next(iter(bad)), next(iter(bad)))
+    assert summary.model_dump() == {**good, left_out: None}
+
+
+@pytest.mark.parametrize("fit", [None, "fit", [1, 2], {}, {"mass_kg": float("nan"), "clothing_read": 3}])
+def test_a_fit_with_nothing_usable_is_no_summary(fit):
+    assert FitSummary.of(fit, weight_kg=80.0, clothing="regular") is None

@@ -180,6 +180,7 @@ def test_the_runpod_sdk_runs_a_job_that_is_an_ordinary_job_and_calls_its_webhook
     studio = cloud.client("studio")
     ours = studio.get(f"/api/avatar/status/{job.job_id}").json()
     assert ours["status"] == "completed" and ours["measurements"] == out["measurements"]
+    assert out["fit"] == ours["fit"] and ours["fit"]["mass_kg"] == pytest.approx(80, rel=0.05)
     assert studio.get("/api/avatar/rp-sdk").json()["avatar_job_id"] == job.job_id
     assert cloud.client("other").get(f"/api/avatar/status/{job.job_id}").status_code == 404
 
@@ -249,6 +250,9 @@ def test_the_seed_flow_through_the_runpod_backend_survives_an_api_restart(front,
     remote = cloud.client("studio").get(f"/api/avatar/status/{done['timings']['runpod']['id']}").json()
     assert remote["status"] == "completed" and remote["measurements"] == done["measurements"]
     assert remote["inputs"] == done["inputs"] == {"height": 178, "weight": 80, "gender": "male", "clothing": "fitted"}
+    # the fit came through our /v2's output (its summary) and reads the same on both sides
+    assert done["fit"] == remote["fit"] and done["fit"]["clothing_said"] == "fitted"
+    assert done["fit"]["mass_kg"] == pytest.approx(80, rel=0.05) and done["fit"]["weight_kg_typed"] == 80
 
 
 def test_ready_and_the_log_name_the_backend(front, cloud):
@@ -273,7 +277,7 @@ def test_the_runpod_backend_refuses_to_start_without_its_settings(front, missing
 
 # ---------------------------------------------------------------- outbound: RunPod's other answers
 
-SCRIPTS = ("u-401", "u-404", "u-429", "u-failed", "u-timedout", "u-forever")
+SCRIPTS = ("u-401", "u-404", "u-429", "u-failed", "u-timedout", "u-forever", "u-fit", "u-badfit")
 
 
 @pytest.fixture(scope="module")
@@ -310,6 +314,18 @@ def test_rate_limits_and_busy_answers_are_retried_until_the_job_completes(script
     assert doc["status"] == "completed", doc
     assert httpx.get(doc["files"][artefacts.AVATAR_GLB]).content == fake_runpod.FILES[artefacts.AVATAR_GLB]
     assert fake.seen[("run", "u-429")] == 3
+    assert doc["fit"] is None  # RunPod's output had none
+
+
+def test_the_fit_in_runpods_output_is_stored_and_a_malformed_value_is_left_out(scripted_jobs):
+    doc = scripted_jobs["u-fit"]
+    assert doc["status"] == "completed", doc
+    assert doc["fit"] == {"body_model": "anny", "mass_kg": 76.43, "weight_kg_typed": 80.0, "clothing_said": "regular",
+                          "clothing_read": "fitted", "cloth_offset_cm": {"hips": 0.71, "under_arms": 1.3}}
+    bad = scripted_jobs["u-badfit"]  # NaN, an unknown clothing, an infinite offset: left out, the job completes
+    assert bad["status"] == "completed", bad
+    assert bad["fit"] == {"body_model": "anny", "mass_kg": None, "weight_kg_typed": 80.0, "clothing_said": "regular",
+                          "clothing_read": None, "cloth_offset_cm": None}
 
 
 def test_a_job_that_never_ends_on_runpod_is_cancelled_there(scripted_jobs, fake):

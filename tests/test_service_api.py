@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
 import time
 import uuid
 
@@ -81,6 +82,15 @@ def test_the_seed_flow_end_to_end_and_no_other_tenant_sees_it(stack, bus_jpg):
     assert "betas" in loaded[artefacts.ANNY_PARAMS] or len(loaded[artefacts.ANNY_PARAMS]) > 3
     assert loaded[artefacts.MEASUREMENTS] == done["measurements"]
     assert abs(done["measurements"]["height"] - 178) <= 0.5
+
+    # the fit beside what was typed (80 kg, everyday clothes); none before the job completed
+    fit = done["fit"]
+    assert fit["weight_kg_typed"] == 80 and fit["clothing_said"] == "regular" and fit["body_model"] == "anny"
+    assert math.isfinite(fit["mass_kg"]) and fit["mass_kg"] == pytest.approx(80, rel=0.05)
+    # null where the photo's widths give the learned prior nothing to read (bus.jpg today)
+    assert fit["clothing_read"] in (None, "regular", "fitted")
+    assert fit["cloth_offset_cm"] is None or fit["cloth_offset_cm"]["hips"] >= 0
+    assert all(d["fit"] is None for d in seen[:-1])
 
     # the fit passport now shows this avatar
     passport = acme.get("/api/avatar/u-flow").json()

@@ -12,16 +12,19 @@ from service.db import ApiKey, Avatar, Job, make_engine, new_id, session_factory
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path):
+def empty_db_url(request, tmp_path):
     if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'avatar.db'}"
-    else:
-        pg = request.getfixturevalue("postgres")
-        name = f"t{new_id()[:12]}"
-        _admin(pg.sqlalchemy_url, f"CREATE DATABASE {name}")
-        url = pg.sqlalchemy_url.rsplit("/", 1)[0] + f"/{name}"
-    migrate.upgrade(url)
-    return url
+        return f"sqlite+aiosqlite:///{tmp_path / 'avatar.db'}"
+    pg = request.getfixturevalue("postgres")
+    name = f"t{new_id()[:12]}"
+    _admin(pg.sqlalchemy_url, f"CREATE DATABASE {name}")
+    return pg.sqlalchemy_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def db_url(empty_db_url):
+    migrate.upgrade(empty_db_url)
+    return empty_db_url
 
 
 def _admin(url: str, sql: str) -> None:
@@ -60,6 +63,31 @@ async def _new_job(sessions, user="u1", tenant="acme", created=None) -> str:
 
 def test_migrations_reach_head(db_url):
     assert asyncio.run(migrate.current_revision(db_url)) == migrate.head_revision()
+
+
+def test_a_0005_database_upgrades_and_its_completed_jobs_have_no_fit(empty_db_url):
+    from alembic import command
+
+    command.upgrade(migrate.alembic_config(empty_db_url), "0005_clothing")
+    _admin(empty_db_url, "INSERT INTO jobs (id, tenant, user_id, status, progress, message, height_cm, weight_kg, "
+                         "gender, clothing, files, measurements, timings, attempts, retries, created_at, updated_at) "
+                         "VALUES ('j0005', 'acme', 'u1', 'completed', 100, 'avatar ready', 178, 80, 'male', "
+                         "'fitted', '{}', '{\"chest\": 99.5}', '{}', 1, 0, '2026-01-01 00:00:00+00:00', "
+                         "'2026-01-01 00:00:00+00:00')")
+    migrate.upgrade(empty_db_url)
+    assert asyncio.run(migrate.current_revision(empty_db_url)) == migrate.head_revision() == "0006_fit"
+
+    async def fn(sessions):
+        async with sessions() as s:
+            old = await s.get(Job, "j0005")
+            kept = (old.fit, old.measurements, old.clothing)
+            old.fit = {"mass_kg": 79.8, "weight_kg_typed": 80.0}
+            await s.commit()
+        async with sessions() as s:
+            return kept, (await s.get(Job, "j0005")).fit
+    kept, fit = run(empty_db_url, fn)
+    assert kept == (None, {"chest": 99.5}, "fitted")
+    assert fit == {"mass_kg": 79.8, "weight_kg_typed": 80.0}
 
 
 def test_a_job_walks_queued_processing_completed(db_url):

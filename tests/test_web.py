@@ -258,6 +258,17 @@ def test_the_overlay_and_every_artefact_are_offered(site, browser, made):
     assert {"avatar_textured.glb", "overlay.png", "measurements.json", "body_apose.obj"} <= set(names)
 
 
+def test_the_fitted_mass_and_the_clothing_reading_show_beside_the_measurements(site, browser, made):
+    with site.client() as c:
+        fit = c.get(f"/api/avatar/status/{made['job_id']}").json()["fit"]
+    text = el(browser, "fit-summary").text
+    assert f"Fitted mass {fit['mass_kg']:.1f} kg (typed 74 kg)" in text, text
+    read = fit["clothing_read"]  # null where the photo's widths gave the learned prior nothing to read
+    assert ("clothing said regular, not read from this photo" if read is None
+            else "clothing read as regular, as said" if read == "regular"
+            else "clothing said regular, read as fitted from the silhouette") in text, text
+
+
 def test_a_download_link_saves_the_file(browser, made):
     browser.find_element("link text", "measurements.json").click()
     target = browser.downloads / "measurements.json"
@@ -275,6 +286,7 @@ def test_a_corrected_measurement_is_kept_apart_and_survives_a_reload(site, brows
     wait(d, lambda: visible(d, "result") and el(d, "m-waist").get_attribute("value") == "91.5", what="the reload")
     row = el(d, "m-waist").find_element("xpath", "./ancestor::tr")
     assert "corrected" in row.get_attribute("class") and "91.5" in row.text and "corrected" in row.text
+    assert "Fitted mass" in el(d, "fit-summary").text  # read again from the avatar's job after the reload
     with site.client() as c:
         passport = c.get("/api/avatar/web-bus").json()
     assert passport["manual_measurements"] == {"waist": 91.5}

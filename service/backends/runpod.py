@@ -28,7 +28,7 @@ from service.job_hooks import WorkerStores
 from service.runpod_protocol import (CANCELLED, COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, TIMED_OUT,
                                      TIMEOUT_CODE, split_error)
 from service.objects import artefact_key, try_prefix
-from service.worker import worker_name
+from service.worker import stored_fit, worker_name
 
 log = logging.getLogger("avatar.runpod")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -259,8 +259,8 @@ class RunpodRunner(WorkerStores):
                               "executionTime": doc.get("executionTime")}}
         async with self.sessions() as s:
             done = await jobs.move(s, job.id, jobs.COMPLETED, files=files, measurements=output.get("measurements") or {},
-                                   timings=timings, body_model=output.get("body_model"), stage="done",
-                                   message="avatar ready")
+                                   timings=timings, body_model=output.get("body_model"),
+                                   fit=stored_fit(job, output.get("fit")), stage="done", message="avatar ready")
         if not done:  # cancelled while we stored: the job says cancelled, so drop the files
             await self._drop_files(job.id)
             return (await self._job(job.id)).status

@@ -297,6 +297,7 @@ async function showPerson(userId, job = null) {
   $("photo-figure").hidden = !photo;
   if (photo) $("result-photo").src = photo;
   $("result-overlay").src = passport.pipeline_files["overlay.png"] || "";
+  renderFit(job ? job.fit : null);
   renderMeasurements(passport);
   renderDownloads(passport.pipeline_files);
   renderTimes(job ? job.timings : null);
@@ -316,6 +317,24 @@ async function showModel(url) {
   } catch (e) {
     $("viewer-status").textContent = `The 3D view is not available here (${e.message}); download the GLB below.`;
   }
+}
+
+function renderFit(fit) {
+  // what the fit made of the person beside what was typed (the status's FitSummary; null for older jobs)
+  fit = fit || {};
+  const parts = [];
+  if (fit.mass_kg != null) {
+    parts.push(`Fitted mass ${fit.mass_kg.toFixed(1)} kg`
+      + (fit.weight_kg_typed != null ? ` (typed ${fit.weight_kg_typed} kg)` : " (no weight typed)"));
+  }
+  if (fit.clothing_said) {
+    const offset = fit.cloth_offset_cm ? ` (${fit.cloth_offset_cm.hips.toFixed(1)} cm off the body at the hips)` : "";
+    parts.push((!fit.clothing_read ? `clothing said ${fit.clothing_said}, not read from this photo`
+      : fit.clothing_read === fit.clothing_said ? `clothing read as ${fit.clothing_read}, as said`
+      : `clothing said ${fit.clothing_said}, read as ${fit.clothing_read} from the silhouette`) + offset);
+  }
+  $("fit-summary").textContent = parts.join(" · ");
+  $("fit-summary").hidden = !parts.length;
 }
 
 function renderMeasurements(p) {
