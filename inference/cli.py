@@ -51,7 +51,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     m.add_argument("--weights-dir", type=Path, default=None)
     m.add_argument("--json", action="store_true")
 
-    e = sub.add_parser("eval", help="measurement accuracy on synthetic ground truth")
+    e = sub.add_parser("eval", help="measurement accuracy: on synthetic ground truth, or on your own "
+                       "tape-measured photos")
     esub = e.add_subparsers(dest="eval_command", required=True)
     ms = esub.add_parser("make-set", help="render bodies of known shape with their truth")
     ms.add_argument("out_dir", type=Path)
@@ -78,6 +79,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     et.add_argument("--n", type=int, default=None, help="photos (default: the split's)")
     et.add_argument("--out", type=Path, default=None, help="default: the packaged prior file")
     et.add_argument("--device", default="cpu")
+    ep = esub.add_parser("photos", help="your own photos against your own tape measurements (a CSV: "
+                         "photo, height_cm, weight_kg, gender, clothing, and any of chest, waist, hip, ...)")
+    ep.add_argument("csv", type=Path, help="one row per photo; photo paths relative to the CSV's folder")
+    ep.add_argument("--device", default="auto")
+    ep.add_argument("--out-dir", type=Path, default=None, help="keep each photo's avatar here (look at "
+                    "overlay.png); by default they are discarded")
+    ep.add_argument("--json", dest="json_out", type=Path, default=None, help="also write the report here")
+    ep.add_argument("--fit", dest="fit_overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a FitConfig field for this run, as with `eval run`")
     ek = esub.add_parser("keypoint-offsets", help="where the pose detector puts each keypoint "
                          "relative to the body model's own (the fit's calibration table)")
     ek.add_argument("set_dir", type=Path)
@@ -306,6 +316,15 @@ def _eval(args) -> int:
         result = evaluation.keypoint_offsets(args.set_dir, device=args.device)
         print(evaluation.format_offsets(result))
         return 0
+    if args.eval_command == "photos":
+        from inference.eval.photos import format_photos, run_photos
+
+        report = run_photos(args.csv, device=args.device, out_dir=args.out_dir,
+                            fit=evaluation.fit_config(args.fit_overrides))
+        print(format_photos(report))
+        if args.json_out:
+            args.json_out.write_text(json.dumps(report, indent=2))
+        return 0 if report["failed"] == 0 else 1
     if args.eval_command == "train-prior":
         from inference.eval.train_prior import train_prior
         from inference.stages.shape_prior import PRIOR_FILE
