@@ -94,3 +94,76 @@ def test_a_height_grid_remembered_for_one_subject_serves_another_of_the_same_gen
     anny_body._height_grids = {}
     anny_body.initial_shape(Subject(185, "female", 95))  # fills the grid
     assert torch.equal(anny_body.initial_shape(Subject(160, "female", None)), fresh)
+
+
+def test_the_linearised_body_is_the_body_near_its_point_and_has_its_gradient(anny_body):
+    """Stage B's shape steps use ``_LinearBody``: at its point the exact rest model, scale and
+    mass; a step of the size stage B takes between refreshes stays within a millimetre and a
+    few hundred grams; the mass's gradient is the exact one's within a few per cent."""
+    from inference.stages.fit import Fitter, _LinearBody
+
+    fitter = Fitter(anny_body)
+    gen = torch.Generator().manual_seed(1)
+    s0 = anny_body.clamp_shape(torch.rand(2, 6, generator=gen))
+    s0[:, 0] = torch.tensor([0.0, 1.0])
+    stand = anny_body.standard_pose(s0, "apose")
+    heights = torch.tensor([1.70, 1.62])
+    free_idx = torch.arange(1, 6)
+    lin = _LinearBody(fitter, s0, free_idx, stand, heights)
+
+    def exact(shape):
+        st = anny_body.posed(shape, stand)
+        scale, mass = fitter._scale_and_mass(st.vertices, heights)
+        return anny_body.rest_model(shape), scale, mass
+
+    with torch.no_grad():
+        rest_l, basis_l, scale_l, mass_l = lin.at(s0)
+        rest_e, scale_e, mass_e = exact(s0)
+        assert torch.allclose(mass_l, mass_e, rtol=1e-6) and torch.allclose(scale_l, scale_e, rtol=1e-6)
+        assert max((a - b).abs().max() for a, b in zip(rest_l, rest_e)) <= 1e-6
+        assert (basis_l - anny_body.keypoint_basis(rest_e[4])).abs().max() <= 1e-5
+        step = s0.clone()
+        step[:, 1:] += 0.03 * (torch.rand(2, 5, generator=gen) - 0.5)
+        step = anny_body.clamp_shape(step)
+        rest_l, _, scale_l, mass_l = lin.at(step)
+        rest_e, scale_e, mass_e = exact(step)
+        assert (rest_l[4] - rest_e[4]).abs().max() <= 1e-3  # Anny's rest vertices, metres
+        assert (mass_l - mass_e).abs().max() <= 0.3  # kg
+        assert (scale_l / scale_e - 1).abs().max() <= 1e-3
+    for linear in (True, False):
+        shape = s0.clone().requires_grad_(True)
+        mass = lin.at(shape)[3] if linear else exact(shape)[2]
+        mass.sum().backward()
+        if linear:
+            g_lin = shape.grad[:, 1:].clone()
+        else:
+            g = shape.grad[:, 1:]
+    assert torch.allclose(g_lin, g, rtol=0.05, atol=0.05 * float(g.abs().max()))
+
+
+def test_nearest_points_are_the_distance_matrixs_minimum():
+    from inference.stages.fit import nearest_points
+
+    gen = torch.Generator().manual_seed(2)
+    cloud = torch.rand(4573, 2, generator=gen) * torch.tensor([300.0, 900.0]) + 100
+    points = torch.rand(400, 2, generator=gen) * torch.tensor([320.0, 920.0]) + 90
+    want = torch.cdist(points, cloud).min(1).indices
+    got = nearest_points(points, cloud)
+    assert got.dtype == torch.long and torch.equal(got, want)
+    cloud[7, 0] = float("nan")  # not finite: the distance matrix's way
+    assert nearest_points(points, cloud).shape == (400,)
+
+
+def test_posed_points_are_the_posed_bodys_vertices_and_keypoints(anny_body):
+    """Stage B skins only the vertices its silhouette terms read; its keypoints come from the
+    regressor folded into the skinning (``keypoint_basis``): the same values within rounding."""
+    gen = torch.Generator().manual_seed(3)
+    S = anny_body.clamp_shape(torch.rand(3, 6, generator=gen))
+    limbs = anny_body.standard_pose(S, "apose") + 0.1 * torch.randn(3, 10, 3, generator=gen)
+    idx = torch.arange(0, anny_body.faces.max() + 1, 3)
+    with torch.no_grad():
+        st = anny_body.posed(S, limbs)
+        rest = anny_body.rest_model(S)
+        v, kp = anny_body.posed_points(rest, limbs, idx, anny_body.keypoint_basis(rest[4]))
+    assert torch.equal(v, st.vertices[:, idx])
+    assert (kp - st.keypoints).abs().max() <= 1e-4  # metres (sums in another order)

@@ -79,6 +79,8 @@ class AnnyBody(BodyModel):
         self._n_bones = len(self.model.bone_labels)
         w = self.regressor.regression_weights[:17].to(self.dtype)
         self._kp_weights = w  # (17, V)
+        self._kp_rowsum = w.sum(1)
+        self._kp_bones = None  # keypoint_basis's (17 x bones, V) sparse matrix, made when first asked
         self._eye4 = torch.eye(4, device=self.device, dtype=self.dtype)
         self._no_inputs = torch.zeros(1, 0, device=self.device, dtype=self.dtype)
         # the shape-only part of the last few forwards of shapes that need no gradient (see
@@ -162,13 +164,66 @@ class AnnyBody(BodyModel):
     def posed(self, shape: torch.Tensor, limbs: torch.Tensor | None = None) -> BodyState:
         return self.posed_many(shape, (limbs,))[0]
 
+    splits_rest = True
+
+    def rest_model(self, shape: torch.Tensor) -> tuple:
+        """The shape-only part of the forward (``_rest_model``): (root, rest, floor, Anny's rest
+        bone poses, Anny's rest vertices)."""
+        return self._rest_model(shape)
+
+    def posed_from_rest(self, rest: tuple, limbs: torch.Tensor) -> BodyState:
+        """``posed`` from a ``rest_model`` tuple (which may be an approximation carrying the
+        gradient to the shape)."""
+        return self._posed_many(rest, limbs.shape[0], (limbs,))[0]
+
+    def keypoint_basis(self, rest_vertices: torch.Tensor) -> torch.Tensor:
+        """Anny's rest vertices (B, V, 3) → (B, 17, bones, 4): each keypoint's regressor
+        weights times each vertex's skinning weight, summed over the vertices, in homogeneous rest
+        coordinates. The keypoints of a pose are then Σ_bones transform · basis: linear blend
+        skinning and the linear keypoint regressor folded into one (``posed_points``), without
+        skinning the vertices the regressor reads."""
+        if self._kp_bones is None:
+            w = self.model.dense_vertex_bone_weights.to(self.dtype)  # (V, J)
+            k_idx, v_idx = torch.nonzero(self._kp_weights, as_tuple=True)
+            wv = w[v_idx]  # (nnz, J)
+            e, j = torch.nonzero(wv, as_tuple=True)
+            values = self._kp_weights[k_idx[e], v_idx[e]] * wv[e, j]
+            rows = k_idx[e] * self._n_bones + j
+            self._kp_bones = torch.sparse_coo_tensor(
+                torch.stack([rows, v_idx[e]]), values, (17 * self._n_bones, w.shape[0]),
+                check_invariants=True).coalesce()
+        B, V, _ = rest_vertices.shape
+        homog = torch.cat([rest_vertices, torch.ones(B, V, 1, dtype=rest_vertices.dtype,
+                                                      device=rest_vertices.device)], -1)
+        flat = homog.permute(1, 0, 2).reshape(V, B * 4)
+        basis = torch.sparse.mm(self._kp_bones, flat)  # (17 J, B 4)
+        return basis.reshape(17, self._n_bones, B, 4).permute(2, 0, 1, 3)
+
+    def posed_points(self, rest_model: tuple, limbs: torch.Tensor, vertex_idx: torch.Tensor,
+                     basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vertices ``vertex_idx`` and the COCO keypoints of a pose (as ``posed``: the
+        same values within float rounding) from a ``rest_model`` tuple and its
+        ``keypoint_basis``: only those vertices are skinned. → ((B, P, 3), (B, 17, 3))."""
+        root, _, floor, rest_bone_poses, rest_vertices = rest_model
+        batch = limbs.shape[0]
+        transforms, _ = self.model.get_bone_transforms(self._pose_matrices(limbs, batch), rest_bone_poses)
+        weights = self.model.dense_vertex_bone_weights[vertex_idx]
+        skinned = dense_blend_skinning(rest_vertices[:, vertex_idx].expand(batch, -1, -1), weights, transforms)
+        kp = torch.einsum("bjrc,bkjc->bkr", transforms[..., :3, :], basis)
+        zero = torch.zeros_like(floor)
+        shift = torch.stack([zero, floor - root[:, 1], zero], -1)[:, None]
+        return (self._to_canon(skinned) - shift,
+                self._to_canon(kp) - self._kp_rowsum[None, :, None] * shift)
+
     def posed_many(self, shape: torch.Tensor, poses) -> list[BodyState]:
         """Anny's forward (``anny.Anny.forward``: phenotypes → blendshapes → rest mesh and
         bones → kinematics → skinning), split so that the shape-only part (the rest model, most
         of the cost) runs once for all ``poses`` and is reused across calls for a shape that
         needs no gradient (``_rest_model``); the posed part runs once at batch len(poses) × B."""
-        batch = shape.shape[0]
-        root, rest, floor, rest_bone_poses, rest_vertices = self._rest_model(shape)
+        return self._posed_many(self._rest_model(shape), shape.shape[0], poses)
+
+    def _posed_many(self, rest_model: tuple, batch: int, poses) -> list[BodyState]:
+        root, rest, floor, rest_bone_poses, rest_vertices = rest_model
         deltas = [self._pose_matrices(limbs, batch) for limbs in poses]
         n = len(poses)
         if n == 1:

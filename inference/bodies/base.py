@@ -87,6 +87,26 @@ class BodyModel(ABC):
         a model may share the shape-only work between them (Anny does)."""
         return [self.posed(shape, limbs) for limbs in poses]
 
+    # a model whose forward splits into a shape-only part (``rest_model``: a tuple of tensors)
+    # and a posed part that takes it (``posed_from_rest``; ``posed_points``: some vertices and
+    # the keypoints from a ``keypoint_basis``) says so here; the fitter's stage B then poses only
+    # what its terms read (and can step the shape on that part linearised:
+    # ``FitConfig.shape_refresh``)
+    splits_rest = False
+
+    def rest_model(self, shape: torch.Tensor) -> tuple:
+        raise NotImplementedError
+
+    def posed_from_rest(self, rest: tuple, limbs: torch.Tensor) -> BodyState:
+        raise NotImplementedError
+
+    def keypoint_basis(self, rest_vertices: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def posed_points(self, rest: tuple, limbs: torch.Tensor, vertex_idx: torch.Tensor,
+                     basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
     @abstractmethod
     def keypoints_from_vertices(self, vertices: torch.Tensor) -> torch.Tensor:
         """(B, V, 3) → (B, 17, 3): the model's (linear) COCO keypoint regressor."""

@@ -67,6 +67,12 @@ class FitConfig:
     # (were 120 and 40: ~12 % of the fit on CPU; dev's mean errors no worse, studio's waist
     # 0.1 cm worse: BENCHMARKS.md, "Fewer fit steps")
     iterations: int = 100
+    # stage B with the shape free steps on the body's shape-only part (Anny's rest model), its
+    # keypoint basis and the standing body's scale and mass linearised in the shape (finite
+    # differences), refreshed every this many steps; 0 (the default): the exact body every step.
+    # 10 makes a fit ~1.3x faster on CPU but moved the evals (dev waist/hip 0.76/1.19 ->
+    # 0.86/1.38, test 1.01/1.18 -> 1.09/1.31 with the exact inputs): BENCHMARKS.md
+    shape_refresh: int = 0
     lr: float = 0.03
     w_keypoints: float = 0.3
     w_inside: float = 0.5
@@ -174,6 +180,51 @@ def mesh_volume(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     else:  # the same values, gathered ~4x faster
         v0, v1, v2 = (vertices.index_select(1, corner) for corner in faces.T.contiguous())
     return (torch.cross(v0, v1, dim=-1) * v2).sum(-1).sum(-1).abs() / 6.0
+
+
+class _LinearBody:
+    """The body's shape-only part (``BodyModel.rest_model``), its keypoint basis
+    (``keypoint_basis``) and the standing A-pose's (scale, mass), linear in the free shape
+    parameters around ``s0`` (B, S): forward differences (one batched forward, no gradient), so
+    a step of stage B needs no rest model and no standing body of its own. Anny's rest model is
+    piecewise smooth in its phenotypes (it interpolates between anchor bodies); the fitter
+    refreshes this every ``FitConfig.shape_refresh`` steps (off by default: it moved the evals)."""
+
+    def __init__(self, fitter: "Fitter", s0: torch.Tensor, free_idx: torch.Tensor, stand: torch.Tensor,
+                 heights: torch.Tensor, h: float = 1e-3):
+        body = fitter.body
+        B, S = s0.shape
+        n = len(free_idx)
+        room = body.clamp_shape(s0 + h) - s0
+        steps = torch.where(room[:, free_idx] > 0.5 * h, h, -h).to(s0.dtype)  # backward at an upper bound
+        X = s0[:, None].repeat(1, n + 1, 1)
+        X[:, 1 + torch.arange(n, device=s0.device), free_idx] += steps
+        X = X.reshape(B * (n + 1), S)
+        with torch.no_grad():
+            rest = body.rest_model(X)
+            st = body.posed_from_rest(rest, stand.repeat_interleave(n + 1, 0))
+            scale, mass = fitter._scale_and_mass(st.vertices, heights.repeat_interleave(n + 1))
+
+        def split(e):
+            e = e.reshape(B, n + 1, *e.shape[1:])
+            return e[:, 0], (e[:, 1:] - e[:, :1]) / steps.view(B, n, *([1] * (e.dim() - 2)))
+
+        with torch.no_grad():
+            basis = body.keypoint_basis(rest[4])
+        self.s0, self.free_idx = s0, free_idx
+        self.rest = [split(e) for e in rest]
+        self.basis, self.scale, self.mass = split(basis), split(scale), split(mass)
+
+    def at(self, shape: torch.Tensor):
+        """(B, S), with its gradient → (rest model tuple, keypoint basis, scale (B,), mass (B,))."""
+        ds = (shape - self.s0)[:, self.free_idx]
+
+        def value(part):
+            e0, d = part
+            return e0 + torch.einsum("bf,bf...->b...", ds, d)
+
+        return (tuple(value(p) for p in self.rest), value(self.basis), value(self.scale),
+                value(self.mass))
 
 
 class _PhotoTerms:
@@ -287,28 +338,43 @@ class Fitter:
                                 for i, term in enumerate(terms)])
 
         flip = FLIP.to(dev, dt)
+        free_idx = torch.nonzero(free.any(0)).flatten()
 
         def standing(shape_):  # → (scale, mass) of the standing A-pose body
             return self._scale_and_mass(body.posed(shape_, apose).vertices, heights)
 
-        def forward(shape_, limbs_, rot_, trans_, photo=True, scale_mass=None):
-            if scale_mass is None:  # the photo pose and the standing A-pose in one body forward
+        def forward(shape_, limbs_, rot_, trans_, photo=True, scale_mass=None, rest=None, basis=None,
+                    points=False):
+            sil = None
+            if scale_mass is None and points and photo and body.splits_rest:
+                # stage B: the standing A-pose whole (its height and volume), of the photo pose
+                # only what the terms read (the silhouette's vertices, the keypoints)
+                rest = body.rest_model(shape_)
+                scale_mass = self._scale_and_mass(body.posed_from_rest(rest, apose).vertices, heights)
+                sil, kp = body.posed_points(rest, limbs_, self.sil_idx, body.keypoint_basis(rest[4]))
+            elif scale_mass is None:  # the photo pose and the standing A-pose in one body forward
                 st, st_stand = body.posed_many(shape_, (limbs_, apose))
                 scale_mass = self._scale_and_mass(st_stand.vertices, heights)
+            elif rest is not None and basis is not None:  # stage B: what its terms read, alone
+                if not photo:
+                    return {"scale": scale_mass[0], "mass": scale_mass[1]}
+                sil, kp = body.posed_points(rest, limbs_, self.sil_idx, basis)
+            elif rest is not None:  # the shape-only part given (linearised: ``_LinearBody``)
+                st = body.posed_from_rest(rest, limbs_)
             else:
                 st = body.posed(shape_, limbs_)
-            posed = st.vertices
+            posed = st.vertices if sil is None else None
             scale, mass = scale_mass
             out = {"scale": scale, "mass": mass}
             if photo:
                 # centre the body on its pelvis so the translation is the pelvis position
-                kp = st.keypoints
+                kp = st.keypoints if sil is None else kp
                 pelvis = 0.5 * (kp[:, 11] + kp[:, 12])
                 R = rotvec_to_matrix(rot_) @ flip
                 def to_cam(x):
                     return ((x - pelvis[:, None]) * scale[:, None, None]) @ R.transpose(1, 2) + trans_[:, None]
                 out["kp_cam"] = to_cam(body.detector_keypoints(kp))  # as the detector would see them
-                out["v_cam"] = to_cam(posed[:, self.sil_idx])
+                out["v_cam"] = to_cam(posed[:, self.sil_idx] if sil is None else sil)
                 out["R"], out["pelvis"] = R, pelvis
                 out["posed"] = posed
             return out
@@ -350,13 +416,26 @@ class Fitter:
                 rot, trans = rot.clone().requires_grad_(True), trans.clone().requires_grad_(True)
                 params += [rot, trans]
             opt = torch.optim.Adam(params, lr=cfg.lr)
-            fixed = None
+            fixed = rest_f = basis_f = None
             if not shape_free:  # the standing body's scale and mass do not change: once
                 with torch.no_grad():
                     fixed = standing(shape_var * free + fixed_shape * (1 - free))
+                    if body.splits_rest:  # nor the shape-only part and the keypoints' basis
+                        rest_f = body.rest_model(shape_var * free + fixed_shape * (1 - free))
+                        basis_f = body.keypoint_basis(rest_f[4])
+            linear = shape_free and cfg.shape_refresh > 0 and body.splits_rest
+            lin = None
             for it in range(iters):
                 sh = shape_var * free + fixed_shape * (1 - free)
-                out = forward(sh, limbs, rot, trans, photo=use_photo, scale_mass=fixed)
+                if linear:
+                    if it % cfg.shape_refresh == 0:
+                        lin = _LinearBody(self, sh.detach(), free_idx, apose, heights)
+                    rest_l, basis_l, scale_l, mass_l = lin.at(sh)
+                    out = forward(sh, limbs, rot, trans, photo=use_photo, scale_mass=(scale_l, mass_l),
+                                  rest=rest_l, basis=basis_l)
+                else:
+                    out = forward(sh, limbs, rot, trans, photo=use_photo, scale_mass=fixed, rest=rest_f,
+                                  basis=basis_f, points=True)
                 loss = torch.zeros((), device=dev, dtype=dt)
                 if shape_free:
                     mass_err = ((out["mass"] - weights) / weights) ** 2 * has_w
@@ -377,9 +456,7 @@ class Fitter:
                         # over all distances (and its gradient) without a backward through the
                         # (contour × vertices) distance matrix
                         with torch.no_grad():
-                            # min(1).indices: argmin's first-minimum index (ties, NaN alike),
-                            # ~3x faster on CPU than argmin over this (400, V/3) matrix
-                            nearest = torch.cdist(term.contour, uv_v[i]).min(1).indices
+                            nearest = nearest_points(term.contour, uv_v[i])
                         d_cover = (term.contour - uv_v[i][nearest]).norm(dim=-1) / pix_h[i]
                         loss = loss + cfg.w_cover * 100.0 * (d_cover**2).mean()
                     excess = (limbs - self.limb_hi).clamp(min=0) + (self.limb_lo - limbs).clamp(min=0)
@@ -711,6 +788,23 @@ class Fitter:
             "keypoint_error_median_rel": float(np.median(err[seen]) / ph) if seen.any() else None,
             "vertices_in_silhouette": frac_in,
         }
+
+
+def nearest_points(points: torch.Tensor, cloud: torch.Tensor) -> torch.Tensor:
+    """(P, 2), (N, 2) → (P,) the index of each point's nearest in ``cloud``. On CPU a k-d tree
+    (exact, in float64: ~5x faster than the distance matrix for stage B's 400 contour points
+    against ~4,600 vertices; a tie within float32 rounding may pick the other vertex); on a GPU,
+    or with a coordinate that is not finite, the distance matrix's first minimum."""
+    if cloud.device.type == "cpu":
+        data = cloud.detach().numpy()
+        if np.isfinite(data).all():
+            from scipy.spatial import cKDTree
+
+            tree = cKDTree(data, balanced_tree=False, compact_nodes=False)
+            return torch.from_numpy(tree.query(points.detach().numpy(), k=1)[1]).to(torch.long)
+    # min(1).indices: argmin's first-minimum index (ties, NaN alike), ~3x faster on CPU than
+    # argmin over this (P, N) matrix
+    return torch.cdist(points, cloud).min(1).indices
 
 
 def distinct_rows(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
