@@ -126,6 +126,8 @@ class JobRunner:
             async with asyncio.timeout(self.settings.job_timeout_seconds):
                 photo = await self._photo(job)
                 result, batch_size = await self._pipeline(job, photo, workdir / "out", cancel, arrived)
+                if cancel.is_set():  # cancelled while its batch ran on: its result is not stored
+                    raise CancelledError("cancelled while its batch ran")
                 files = {name: artefact_key(job.user_id, job.id, name, try_no) for name in result.files}
                 await self._upload(job_id, files, result.files)
             done = await self._move(
@@ -170,9 +172,16 @@ class JobRunner:
         """Every artefact at once, beside the progress write (nothing waits on a courtesy). All of
         them have ended before this returns or raises, so a discard after a failure finds every
         file that was written."""
-        done = await asyncio.gather(self._progress(job_id, _PIPELINE_END, "upload", "uploading the artefacts"),
-                                    *(self.storage.put_file(keys[n], path) for n, path in paths.items()),
-                                    return_exceptions=True)
+        uploads = asyncio.ensure_future(asyncio.gather(
+            self._progress(job_id, _PIPELINE_END, "upload", "uploading the artefacts"),
+            *(self.storage.put_file(keys[n], path) for n, path in paths.items()), return_exceptions=True))
+        try:
+            done = await asyncio.shield(uploads)
+        except asyncio.CancelledError:
+            # the worker is stopping: let the writes in flight end first, so the discard that
+            # follows finds every file (a write cut off here could land after it)
+            await asyncio.wait({uploads}, timeout=30)
+            raise
         for outcome in done:
             if isinstance(outcome, BaseException):
                 raise outcome
