@@ -108,9 +108,9 @@ def run_photos(csv_path: Path, device: str = "auto", out_dir: Path | None = None
                log=print) -> dict:
     """Every row's photo through the whole pipeline (and the photo-free baseline) → the report.
     ``out_dir``: keep each photo's avatar there (``out_dir/<line>-<photo stem>/``), else discarded."""
+    from inference.eval.report import photo_free
     from inference.pipeline import Job, Pipeline, PipelineConfig
-    from inference.stages.fit import FitConfig, Fitter, FitTarget
-    from inference.stages.measure import measure
+    from inference.stages.fit import FitConfig, Fitter
 
     rows, tape_cols, ignored = read_rows(csv_path)
     pipe = Pipeline(PipelineConfig(device=device, fit=fit or FitConfig()), log=log)
@@ -125,10 +125,9 @@ def run_photos(csv_path: Path, device: str = "auto", out_dir: Path | None = None
                         "inputs": {"height_cm": subject.height_cm, "weight_kg": subject.weight_kg,
                                    "gender": subject.gender, "clothing": subject.clothing}}
                 body = pipe.body_for(subject.gender)
-                fitter = baselines.setdefault(id(body), Fitter(body, FitConfig(use_photo=False)))
-                base = fitter.fit([FitTarget(subject, (768, 1024))])[0]
-                v, kp = base.standard["apose"]
-                got = measure(v, body.faces, kp)
+                if id(body) not in baselines:
+                    baselines[id(body)] = Fitter(body, FitConfig(use_photo=False))
+                got, _ = photo_free(baselines[id(body)], subject)
                 item["baseline"] = {m: round(got[m], 2) for m in row["tape"]}
                 try:
                     res = pipe.run(Job(row["photo"], subject, root / f"{row['line']:03d}-{row['photo'].stem}"))

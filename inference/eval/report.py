@@ -74,8 +74,7 @@ def run_eval(set_dir: Path, device: str = "auto", log=print, fit=None, clothing:
     ``fit``: the FitConfig to use (default: the shipped one); ``clothing``: what every subject is
     said to wear."""
     from inference.pipeline import Job, Pipeline, PipelineConfig
-    from inference.stages.fit import FitConfig, Fitter, FitTarget
-    from inference.stages.measure import measure
+    from inference.stages.fit import FitConfig, Fitter
     from inference.types import Subject
 
     cases = sorted(p for p in Path(set_dir).glob("case_*") if (p / "truth.json").is_file())
@@ -122,10 +121,7 @@ def run_eval(set_dir: Path, device: str = "auto", log=print, fit=None, clothing:
                 row = rows["baseline (no photo)"]
                 row.runs += 1
                 t0 = time.perf_counter()
-                subject = runs["pipeline"]
-                fit = baseline_fitter.fit([FitTarget(subject, (768, 1024))])[0]
-                v, kp = fit.standard["apose"]
-                got = measure(v, body.faces, kp)
+                got, v = photo_free(baseline_fitter, runs["pipeline"])
                 row.seconds.append(time.perf_counter() - t0)
                 for m in MEASUREMENTS:
                     row.errors[m].append(abs(got[m] - want[m]))
@@ -140,6 +136,16 @@ def run_eval(set_dir: Path, device: str = "auto", log=print, fit=None, clothing:
     return {"set": str(set_dir), "cases": len(cases), "device": pipe.device,
             "rows": {k: r.summary() for k, r in rows.items()}, "per_case": per_case,
             "bias_cm": _bias(per_case), "worst": _worst(per_case)}
+
+
+def photo_free(fitter, subject) -> tuple[dict[str, float], np.ndarray]:
+    """The photo-free baseline of ``subject`` (``fitter``: a ``FitConfig(use_photo=False)``
+    Fitter): its measurements and its standing A-pose vertices."""
+    from inference.stages.fit import FitTarget
+    from inference.stages.measure import measure
+
+    v, kp = fitter.fit([FitTarget(subject, (768, 1024))])[0].standard["apose"]
+    return measure(v, fitter.body.faces, kp), v
 
 
 def _bias(per_case: list[dict]) -> dict:

@@ -359,8 +359,6 @@ class Fitter:
                 if not photo:
                     return {"scale": scale_mass[0], "mass": scale_mass[1]}
                 sil, kp = body.posed_points(rest, limbs_, self.sil_idx, basis)
-            elif rest is not None:  # the shape-only part given (linearised: ``_LinearBody``)
-                st = body.posed_from_rest(rest, limbs_)
             else:
                 st = body.posed(shape_, limbs_)
             posed = st.vertices if sil is None else None
