@@ -177,7 +177,9 @@ def made(site, browser, bus_jpg):
         assert not visible(d, "failure"), el(d, "failure").text
         if visible(d, "progress"):
             progress.append(int(el(d, "progress-bar").get_attribute("value")))
-            stages = el(d, "stages").text
+            # the page hides the progress panel when the job ends: a read that lands just after
+            # that sees no text, and must not wipe what was shown while the job ran
+            stages = el(d, "stages").text or stages
             if not shot_taken and progress[-1] >= 40:
                 d.save_screenshot(str(site.shots / "progress.png"))
                 shot_taken = True
