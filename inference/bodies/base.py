@@ -107,6 +107,13 @@ class BodyModel(ABC):
                      basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def posed_points_standing(self, rest: tuple, limbs: torch.Tensor, stand: torch.Tensor,
+                              vertex_idx: torch.Tensor, basis: torch.Tensor):
+        """``posed_points`` of ``limbs`` and the whole mesh posed with ``stand`` (B, V, 3), from
+        one ``rest_model``: → (points, keypoints, standing vertices)."""
+        points, keypoints = self.posed_points(rest, limbs, vertex_idx, basis)
+        return points, keypoints, self.posed_from_rest(rest, stand).vertices
+
     @abstractmethod
     def keypoints_from_vertices(self, vertices: torch.Tensor) -> torch.Tensor:
         """(B, V, 3) → (B, 17, 3): the model's (linear) COCO keypoint regressor."""

@@ -26,8 +26,12 @@ Batch-first: B photos are fitted together (one body forward per step for all of 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import threading
+import warnings
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -139,6 +143,11 @@ class FitConfig:
     learned_prior: bool = True
     prior_scale: float = 1.0
     record_prior_features: bool = False  # keep the features in the diagnostics (training)
+    # torch's CPU threads during a fit on the CPU; 0: one where the process may use 2 cores or
+    # fewer, else torch's own count. The fit's operations are small (a 14k-vertex body): on
+    # 2 cores two threads made a warm fit ~1.2x slower than one, their barriers waiting on the
+    # pipeline's other threads (BENCHMARKS.md, "One thread for the fit")
+    cpu_threads: int = 0
 
 
 @dataclass
@@ -167,6 +176,31 @@ class FitResult:
     diagnostics: dict = field(default_factory=dict)
 
 
+_THREADS_LOCK = threading.Lock()
+_THREADS_HELD: list = [0, 0]  # [fits inside cpu_threads, torch's thread count before the first]
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int = 0):
+    """torch's intra-op CPU threads set to ``n`` (0: see ``FitConfig.cpu_threads``) while the
+    block runs, then back; fits running together in threads share one setting."""
+    if n <= 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = 1 if cores <= 2 else torch.get_num_threads()
+    with _THREADS_LOCK:
+        if _THREADS_HELD[0] == 0:
+            _THREADS_HELD[1] = torch.get_num_threads()
+            torch.set_num_threads(n)
+        _THREADS_HELD[0] += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_HELD[0] -= 1
+            if _THREADS_HELD[0] == 0:
+                torch.set_num_threads(_THREADS_HELD[1])
+
+
 def intrinsics(width: int, height: int, focal_35mm: float | None) -> tuple[float, float, float]:
     """(f_px, cx, cy) from the EXIF 35 mm-equivalent focal, or a 50 mm default."""
     return focal_px_from_35mm(focal_35mm or DEFAULT_FOCAL_35MM, width, height), width / 2.0, height / 2.0
@@ -175,11 +209,75 @@ def intrinsics(width: int, height: int, focal_35mm: float | None) -> tuple[float
 def mesh_volume(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """(B, V, 3), (F, 3) → (B,) enclosed volume (divergence theorem; closed surface)."""
     if torch.is_grad_enabled() and vertices.requires_grad:
-        # indexing's backward (one accumulate per corner) is ~2x faster than index_select's
-        v0, v1, v2 = vertices[:, faces[:, 0]], vertices[:, faces[:, 1]], vertices[:, faces[:, 2]]
-    else:  # the same values, gathered ~4x faster
-        v0, v1, v2 = (vertices.index_select(1, corner) for corner in faces.T.contiguous())
-    return (torch.cross(v0, v1, dim=-1) * v2).sum(-1).sum(-1).abs() / 6.0
+        return _MeshVolume.apply(vertices, faces)
+    return _signed_volume(vertices, faces)[0].abs()
+
+
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cross products of (B, 3, F) coordinate rows (~7x faster than ``torch.cross`` on (B, F, 3))."""
+    ax, ay, az = a.unbind(1)
+    bx, by, bz = b.unbind(1)
+    return torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], 1)
+
+
+def _signed_volume(vertices: torch.Tensor, faces: torch.Tensor):
+    """→ (signed volume (B,), the faces' corners (3 of (B, 3, F): coordinate rows), v0 × v1)."""
+    B, F = vertices.shape[0], faces.shape[0]
+    rows = vertices.transpose(1, 2).reshape(B * 3, -1)  # (B 3, V): gathers ~15x faster than (B, 3, V)
+    corners = rows.index_select(1, faces.T.reshape(-1)).view(B, 3, 3, F)
+    v0, v1, v2 = corners.unbind(2)
+    c = _cross(v0, v1)
+    # summed in float64: the same float32 volume whatever the batch (the float32 sum's order
+    # follows how the batch splits across threads; stage C's deduplicated batches rely on it)
+    return (c * v2).sum(1).sum(-1, dtype=torch.float64).to(vertices.dtype) / 6.0, (v0, v1, v2), c
+
+
+class _MeshVolume(torch.autograd.Function):
+    """``mesh_volume`` with its gradient written out: each corner's is the cross product of the
+    other two (/6), summed into the vertices by one sparse product. Autograd's own (a backward
+    through ``torch.cross`` and three indexings) took ~3x as long on CPU."""
+
+    @staticmethod
+    def forward(ctx, vertices, faces):
+        vol, (v0, v1, v2), c = _signed_volume(vertices, faces)
+        ctx.save_for_backward(v0, v1, v2, c, faces, torch.sign(vol))
+        ctx.n_vertices = vertices.shape[1]
+        return vol.abs()
+
+    @staticmethod
+    def backward(ctx, grad):
+        v0, v1, v2, c, faces, sign = ctx.saved_tensors
+        B, _, F = v0.shape
+        g = (grad * sign / 6.0)[:, None, None]
+        per_corner = torch.cat([_cross(v1, v2), _cross(v2, v0), c], 2) * g  # (B, 3, 3 F)
+        sums = _corner_sum(faces, ctx.n_vertices, grad.dtype)
+        # one sparse matrix-vector product per coordinate row (rows are contiguous: a product
+        # with the (3 F, B 3) transpose copies first and takes ~3x as long)
+        out = torch.stack([sums @ row for row in per_corner.reshape(B * 3, 3 * F)])  # (B 3, V)
+        return out.view(B, 3, -1).transpose(1, 2), None
+
+
+_CORNER_SUM: dict = {}
+
+
+def _corner_sum(faces: torch.Tensor, n_vertices: int, dtype: torch.dtype) -> torch.Tensor:
+    """(V, 3 F) sparse CSR matrix summing each face corner (first corners, second corners,
+    third corners) into its vertex (a sparse product: ~50x faster on CPU than ``index_add_``);
+    made once per faces tensor."""
+    key = (id(faces), n_vertices, dtype)
+    m = _CORNER_SUM.get(key)
+    if m is None or m[0] is not faces:
+        idx = faces.T.reshape(-1)
+        coo = torch.sparse_coo_tensor(torch.stack([idx, torch.arange(len(idx), device=idx.device)]),
+                                      torch.ones(len(idx), dtype=dtype, device=idx.device),
+                                      (n_vertices, len(idx)), check_invariants=True)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            m = (faces, coo.coalesce().to_sparse_csr())
+        while len(_CORNER_SUM) >= 4:
+            _CORNER_SUM.pop(next(iter(_CORNER_SUM)))
+        _CORNER_SUM[key] = m
+    return m[1]
 
 
 class _LinearBody:
@@ -298,6 +396,12 @@ class Fitter:
 
     # ------------------------------------------------------------------------------------
     def fit(self, targets: list[FitTarget]) -> list[FitResult]:
+        if self.body.device.type != "cpu":
+            return self._fit(targets)
+        with cpu_threads(self.config.cpu_threads):
+            return self._fit(targets)
+
+    def _fit(self, targets: list[FitTarget]) -> list[FitResult]:
         body, cfg = self.body, self.config
         dev, dt = body.device, body.dtype
         B = len(targets)
@@ -350,8 +454,9 @@ class Fitter:
                 # stage B: the standing A-pose whole (its height and volume), of the photo pose
                 # only what the terms read (the silhouette's vertices, the keypoints)
                 rest = body.rest_model(shape_)
-                scale_mass = self._scale_and_mass(body.posed_from_rest(rest, apose).vertices, heights)
-                sil, kp = body.posed_points(rest, limbs_, self.sil_idx, body.keypoint_basis(rest[4]))
+                sil, kp, stand_v = body.posed_points_standing(rest, limbs_, apose, self.sil_idx,
+                                                              body.keypoint_basis(rest[4]))
+                scale_mass = self._scale_and_mass(stand_v, heights)
             elif scale_mass is None:  # the photo pose and the standing A-pose in one body forward
                 st, st_stand = body.posed_many(shape_, (limbs_, apose))
                 scale_mass = self._scale_and_mass(st_stand.vertices, heights)
