@@ -355,8 +355,9 @@ class AnnyBody(BodyModel):
 
 class _SparseProduct(torch.autograd.Function):
     """``matrix @ x`` for a constant sparse CSR ``matrix``, its gradient ``transpose @ grad``
-    (the keypoint basis: ``torch.sparse.mm``'s backward multiplied through a dense (17 bones, V)
-    matrix, ~3 ms a stage-B step on CPU, this ~0.1 ms; the skinning weights)."""
+    (a CSR matrix too). Used for the keypoint basis (``torch.sparse.mm``'s backward multiplied
+    through a dense (17 bones, V) matrix: ~3 ms a stage-B step on CPU, this ~0.1 ms) and the
+    skinning weights on the CPU (``_sparse_blend``)."""
 
     @staticmethod
     def forward(ctx, x, matrix, transpose):

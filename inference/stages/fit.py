@@ -145,8 +145,8 @@ class FitConfig:
     record_prior_features: bool = False  # keep the features in the diagnostics (training)
     # torch's CPU threads during a fit on the CPU; 0: one where the process may use 2 cores or
     # fewer, else torch's own count. The fit's operations are small (a 14k-vertex body): on
-    # 2 cores two threads made a warm fit ~1.2x slower than one, their barriers waiting on the
-    # pipeline's other threads (BENCHMARKS.md, "One thread for the fit")
+    # 2 cores two threads made a warm fit ~1.2-1.4x slower than one, their barriers waiting on
+    # the pipeline's other threads (BENCHMARKS.md, "One thread and sparse products for the fit")
     cpu_threads: int = 0
 
 
