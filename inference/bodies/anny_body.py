@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import time
-import warnings
 
 import numpy as np
 import torch
 
 from inference.bodies.base import LIMBS, BodyModel, BodyState
+from inference.bodies.sparse import SparseProduct, remembered, to_csr
 from inference.types import Subject
 
 PHENOTYPES = ("gender", "age", "muscle", "weight", "height", "proportions")
@@ -194,14 +194,12 @@ class AnnyBody(BodyModel):
             coo = torch.sparse_coo_tensor(
                 torch.stack([rows, v_idx[e]]), values, (17 * self._n_bones, w.shape[0]),
                 check_invariants=True).coalesce()
-            with warnings.catch_warnings():  # "sparse CSR support is in beta"
-                warnings.simplefilter("ignore", UserWarning)
-                self._kp_bones = (coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr())
+            self._kp_bones = (to_csr(coo), to_csr(coo.t().coalesce()))
         B, V, _ = rest_vertices.shape
         homog = torch.cat([rest_vertices, torch.ones(B, V, 1, dtype=rest_vertices.dtype,
                                                       device=rest_vertices.device)], -1)
         flat = homog.permute(1, 0, 2).reshape(V, B * 4)
-        basis = _SparseProduct.apply(flat, *self._kp_bones)  # (17 J, B 4)
+        basis = SparseProduct.apply(flat, *self._kp_bones)  # (17 J, B 4)
         return basis.reshape(17, self._n_bones, B, 4).permute(2, 0, 1, 3)
 
     def posed_points(self, rest_model: tuple, limbs: torch.Tensor, vertex_idx: torch.Tensor,
@@ -209,16 +207,25 @@ class AnnyBody(BodyModel):
         """The vertices ``vertex_idx`` and the COCO keypoints of a pose (as ``posed``: the
         same values within float rounding) from a ``rest_model`` tuple and its
         ``keypoint_basis``: only those vertices are skinned. → ((B, P, 3), (B, 17, 3))."""
-        root, _, floor, rest_bone_poses, rest_vertices = rest_model
         batch = limbs.shape[0]
-        transforms, _ = self.model.get_bone_transforms(self._pose_matrices(limbs, batch), rest_bone_poses)
-        weights = self._vertex_weights(vertex_idx)
-        skinned = dense_blend_skinning(rest_vertices[:, vertex_idx].expand(batch, -1, -1), weights, transforms)
+        transforms, _ = self.model.get_bone_transforms(self._pose_matrices(limbs, batch), rest_model[3])
+        return self._points(rest_model, transforms, vertex_idx, basis)[:2]
+
+    def _points(self, rest_model: tuple, transforms: torch.Tensor, vertex_idx: torch.Tensor,
+                basis: torch.Tensor, whole: torch.Tensor | None = None) -> tuple:
+        """``posed_points`` from a pose's bone ``transforms``; with ``whole`` (other
+        transforms) also the whole mesh posed by those."""
+        root, _, floor, _, rest_vertices = rest_model
+        batch = transforms.shape[0]
+        skinned = dense_blend_skinning(rest_vertices[:, vertex_idx].expand(batch, -1, -1),
+                                       self._vertex_weights(vertex_idx), transforms)
         kp = torch.einsum("bjrc,bkjc->bkr", transforms[..., :3, :], basis)
         zero = torch.zeros_like(floor)
         shift = torch.stack([zero, floor - root[:, 1], zero], -1)[:, None]
-        return (self._to_canon(skinned) - shift,
-                self._to_canon(kp) - self._kp_rowsum[None, :, None] * shift)
+        out = (self._to_canon(skinned) - shift, self._to_canon(kp) - self._kp_rowsum[None, :, None] * shift)
+        if whole is not None:
+            out += (self._to_canon(self._skinned(rest_vertices.expand(batch, -1, -1), whole)) - shift,)
+        return out
 
     def _vertex_weights(self, vertex_idx: torch.Tensor) -> torch.Tensor:
         """The skinning weights of ``vertex_idx``'s vertices (a gather of the dense (V, bones)
@@ -234,19 +241,10 @@ class AnnyBody(BodyModel):
         """``posed_points`` and the standing mesh (``posed_from_rest(rest_model, stand)``'s
         vertices) with the kinematics of both poses in one batch (stage B's step: one pass
         through Anny's bone chain, not two; the same values)."""
-        root, _, floor, rest_bone_poses, rest_vertices = rest_model
         batch = limbs.shape[0]
         pose = torch.cat([self._pose_matrices(limbs, batch), self._pose_matrices(stand, batch)], 0)
-        transforms, _ = self.model.get_bone_transforms(pose, rest_bone_poses.repeat(2, 1, 1, 1))
-        photo, standing = transforms[:batch], transforms[batch:]
-        weights = self._vertex_weights(vertex_idx)
-        skinned = dense_blend_skinning(rest_vertices[:, vertex_idx].expand(batch, -1, -1), weights, photo)
-        kp = torch.einsum("bjrc,bkjc->bkr", photo[..., :3, :], basis)
-        whole = self._skinned(rest_vertices.expand(batch, -1, -1), standing)
-        zero = torch.zeros_like(floor)
-        shift = torch.stack([zero, floor - root[:, 1], zero], -1)[:, None]
-        return (self._to_canon(skinned) - shift, self._to_canon(kp) - self._kp_rowsum[None, :, None] * shift,
-                self._to_canon(whole) - shift)
+        transforms, _ = self.model.get_bone_transforms(pose, rest_model[3].repeat(2, 1, 1, 1))
+        return self._points(rest_model, transforms[:batch], vertex_idx, basis, whole=transforms[batch:])
 
     def posed_many(self, shape: torch.Tensor, poses) -> list[BodyState]:
         """Anny's forward (``anny.Anny.forward``: phenotypes → blendshapes → rest mesh and
@@ -353,22 +351,6 @@ class AnnyBody(BodyModel):
         return out
 
 
-class _SparseProduct(torch.autograd.Function):
-    """``matrix @ x`` for a constant sparse CSR ``matrix``, its gradient ``transpose @ grad``
-    (a CSR matrix too). Used for the keypoint basis (``torch.sparse.mm``'s backward multiplied
-    through a dense (17 bones, V) matrix: ~3 ms a stage-B step on CPU, this ~0.1 ms) and the
-    skinning weights on the CPU (``_sparse_blend``)."""
-
-    @staticmethod
-    def forward(ctx, x, matrix, transpose):
-        ctx.transpose = transpose
-        return matrix @ x
-
-    @staticmethod
-    def backward(ctx, grad):
-        return ctx.transpose @ grad.contiguous(), None, None
-
-
 def dense_blend_skinning(vertices: torch.Tensor, weights: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
     """Linear blend skinning with dense weights: vertices (B, V, 3), weights (V, J), transforms
     (B, J, 4, 4) → (B, V, 3). Anny's ``dense_linear_blend_skinning`` computes the same sums,
@@ -386,31 +368,16 @@ def dense_blend_skinning(vertices: torch.Tensor, weights: torch.Tensor, transfor
     return _apply_blend(blend, vertices)
 
 
-_SPARSE_WEIGHTS: dict = {}
-
-
-def _sparse_weights(weights: torch.Tensor, dtype: torch.dtype) -> tuple:
-    """(V, J) skinning weights → (CSR matrix, its transpose as CSR), made once per weights
-    tensor (the model's, and each vertex subset's: ``AnnyBody._vertex_weights``)."""
-    key = (id(weights), dtype)
-    hit = _SPARSE_WEIGHTS.get(key)
-    if hit is None or hit[0] is not weights:
-        w = weights.detach().to(dtype)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            hit = (weights, w.to_sparse_csr(), w.T.contiguous().to_sparse_csr())
-        while len(_SPARSE_WEIGHTS) >= 6:
-            _SPARSE_WEIGHTS.pop(next(iter(_SPARSE_WEIGHTS)))
-        _SPARSE_WEIGHTS[key] = hit
-    return hit[1], hit[2]
-
-
 def _sparse_blend(weights: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
     """``einsum("nj,bjik->bnik", weights, transforms[..., :3, :])`` as a sparse product."""
-    matrix, transpose = _sparse_weights(weights, transforms.dtype)
+    def build():  # once per weights tensor: the model's, and each vertex subset's (``_vertex_weights``)
+        w = weights.detach().to(transforms.dtype)
+        return to_csr(w), to_csr(w.T.contiguous())
+
+    matrix, transpose = remembered(weights, "skinning weights", transforms.dtype, build)
     B, J = transforms.shape[:2]
     flat = transforms[..., :3, :].reshape(B, J, 12).permute(1, 0, 2).reshape(J, B * 12)
-    return _SparseProduct.apply(flat, matrix, transpose).view(-1, B, 3, 4).permute(1, 0, 2, 3)
+    return SparseProduct.apply(flat, matrix, transpose).view(-1, B, 3, 4).permute(1, 0, 2, 3)
 
 
 def _apply_blend(blend: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
@@ -420,9 +387,9 @@ def _apply_blend(blend: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
 
 class _ApplyBlend(torch.autograd.Function):
     """``_apply_blend`` with a backward in two products: autograd's own goes through four
-    selections of ``blend``, each a zero-filled (B, V, 3, 4) gradient (~40 % of stage B's
-    skinning time on CPU). The same values: the forward is ``_apply_blend``; the gradients
-    are the same single products and three-term sums."""
+    selections of ``blend``, each a zero-filled (B, V, 3, 4) gradient. The same values: the
+    forward is ``_apply_blend``; the gradients are the same single products and three-term
+    sums."""
 
     @staticmethod
     def forward(ctx, blend, vertices):

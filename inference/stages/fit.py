@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import threading
-import warnings
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -40,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from inference.bodies.base import LIMB, LIMBS, BodyModel, rotvec_to_matrix
+from inference.bodies.sparse import remembered, to_csr
 from inference.stages import widths as W
 from inference.stages.detect import crossed_sides
 from inference.stages.shape_prior import PRIOR_FILE, ShapePrior, photo_features
@@ -145,7 +145,7 @@ class FitConfig:
     record_prior_features: bool = False  # keep the features in the diagnostics (training)
     # torch's CPU threads during a fit on the CPU; 0: one where the process may use 2 cores or
     # fewer, else torch's own count. The fit's operations are small (a 14k-vertex body): on
-    # 2 cores two threads made a warm fit ~1.2-1.4x slower than one, their barriers waiting on
+    # 2 cores two threads made a warm fit ~1.15-1.4x slower than one, their barriers waiting on
     # the pipeline's other threads (BENCHMARKS.md, "One thread and sparse products for the fit")
     cpu_threads: int = 0
 
@@ -223,7 +223,7 @@ def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _signed_volume(vertices: torch.Tensor, faces: torch.Tensor):
     """→ (signed volume (B,), the faces' corners (3 of (B, 3, F): coordinate rows), v0 × v1)."""
     B, F = vertices.shape[0], faces.shape[0]
-    rows = vertices.transpose(1, 2).reshape(B * 3, -1)  # (B 3, V): gathers ~15x faster than (B, 3, V)
+    rows = vertices.transpose(1, 2).reshape(B * 3, -1)  # (B 3, V): gathers ~20x faster than (B, 3, V)
     corners = rows.index_select(1, faces.T.reshape(-1)).view(B, 3, 3, F)
     v0, v1, v2 = corners.unbind(2)
     c = _cross(v0, v1)
@@ -257,27 +257,18 @@ class _MeshVolume(torch.autograd.Function):
         return out.view(B, 3, -1).transpose(1, 2), None
 
 
-_CORNER_SUM: dict = {}
-
-
 def _corner_sum(faces: torch.Tensor, n_vertices: int, dtype: torch.dtype) -> torch.Tensor:
     """(V, 3 F) sparse CSR matrix summing each face corner (first corners, second corners,
     third corners) into its vertex (a sparse product: ~50x faster on CPU than ``index_add_``);
     made once per faces tensor."""
-    key = (id(faces), n_vertices, dtype)
-    m = _CORNER_SUM.get(key)
-    if m is None or m[0] is not faces:
+    def build():
         idx = faces.T.reshape(-1)
         coo = torch.sparse_coo_tensor(torch.stack([idx, torch.arange(len(idx), device=idx.device)]),
                                       torch.ones(len(idx), dtype=dtype, device=idx.device),
                                       (n_vertices, len(idx)), check_invariants=True)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            m = (faces, coo.coalesce().to_sparse_csr())
-        while len(_CORNER_SUM) >= 4:
-            _CORNER_SUM.pop(next(iter(_CORNER_SUM)))
-        _CORNER_SUM[key] = m
-    return m[1]
+        return to_csr(coo.coalesce())
+
+    return remembered(faces, f"corner sums of {n_vertices}", dtype, build)
 
 
 class _LinearBody:
