@@ -264,3 +264,32 @@ def test_the_fits_cpu_threads_are_set_while_it_runs_and_restored_after():
         assert torch.get_num_threads() == 3  # back once the last fit ended
     finally:
         torch.set_num_threads(before)
+
+
+def test_annys_frame_to_the_canonical_one_is_the_matrix_products_bits():
+    from inference.bodies.anny_body import ANNY_TO_CANON, _ToCanon
+
+    gen = torch.Generator().manual_seed(3)
+    for shape in ((7, 3), (2, 500, 3), (1, 17, 104, 3)):
+        x = torch.randn(*shape, generator=gen, requires_grad=True)
+        grad_out = torch.randn(*shape, generator=gen)
+        ours, product = _ToCanon.apply(x), x @ ANNY_TO_CANON.T
+        assert torch.equal(ours, product)
+        assert torch.equal(*(torch.autograd.grad(y, x, grad_out)[0] for y in (ours, product)))
+    # a view with a batch stride of 0 (a rest mesh expanded over poses) goes through too
+    x = torch.randn(1, 50, 3, generator=gen).expand(4, -1, -1)
+    assert torch.equal(_ToCanon.apply(x), x @ ANNY_TO_CANON.T)
+
+
+def test_the_skinnings_apply_step_has_autograds_gradients_bit_for_bit():
+    from inference.bodies.anny_body import _apply_blend, _ApplyBlend
+
+    gen = torch.Generator().manual_seed(4)
+    for batch, n in ((1, 300), (3, 1000)):
+        blend = torch.randn(batch, n, 3, 4, generator=gen, requires_grad=True)
+        vertices = torch.randn(batch, n, 3, generator=gen, requires_grad=True)
+        grad_out = torch.randn(batch, n, 3, generator=gen)
+        ours = torch.autograd.grad(_ApplyBlend.apply(blend, vertices), (blend, vertices), grad_out)
+        autograds = torch.autograd.grad(_apply_blend(blend, vertices), (blend, vertices), grad_out)
+        for a, b in zip(ours, autograds):
+            assert torch.equal(a, b)
