@@ -129,6 +129,10 @@ class _Runner:
         self.subject = Subject(cfg.height_cm, cfg.gender, cfg.weight_kg).validate()
         self.photos = cfg.photos
         self.count = 0
+        # per photo: did the fit's stage C (the shape solved on the silhouette's width profile)
+        # run? A photo whose silhouette has too few trusted width bands skips it, and its fit
+        # is shorter than a typical full-body photo's (bus.jpg, the default, is one)
+        self.shape_solve: dict[str, dict] = {}
 
     def batch(self, size: int):
         """One ``run_batch`` of ``size`` photos (cycled); returns (results, wall ms)."""
@@ -140,6 +144,10 @@ class _Runner:
         t0 = time.perf_counter()
         results = self.pipe.run_batch(jobs)
         wall = (time.perf_counter() - t0) * 1000.0
+        for job, res in zip(jobs, results):
+            name = Path(job.photo).name if not isinstance(job.photo, bytes) else f"photo {self.count}"
+            self.shape_solve[name] = {
+                "ran": "width_cost_last" in res.fit, "width_bands": res.fit.get("width_bands")}
         for job in jobs:
             shutil.rmtree(job.out_dir, ignore_errors=True)
         return results, wall
@@ -184,6 +192,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda m: None, pip
                 "wall_ms": summarise([w for _, w in warm]),
             } if warm else {}
             report["throughput"] = _throughput(run, cfg, warm, log)
+            report["shape_solve"] = run.shape_solve
         report["memory"] = {"peak_rss_mb": peak_rss_mb()}
         if cuda:
             report["memory"]["gpu_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(pipe.device) / 2**20, 1)
@@ -229,6 +238,11 @@ def format_report(r: dict) -> str:
     for name, cold, w in rows:
         w = w or {"p50": math.nan, "p95": math.nan, "max": math.nan}
         lines.append(f"{name:<8} {cold:>8.0f} {w['p50']:>8.0f} {w['p95']:>8.0f} {w['max']:>8.0f}")
+    solve = r.get("shape_solve", {})
+    skipped = sorted(name for name, v in solve.items() if not v["ran"])
+    if skipped:
+        lines.append(f"stage C (the shape solved on the silhouette's widths) skipped on {', '.join(skipped)}: "
+                     "too few trusted width bands; a typical full-body photo's fit runs it and takes longer")
     lines.append("")
     for t in r["throughput"]:
         lines.append(f"batch {t['batch']:>3}: {t['avatars_per_s']:.3f} avatars/s "

@@ -50,5 +50,8 @@ def test_one_cold_run_reports_every_stage(pipeline, bus_jpg):
     assert report["machine"]["device"] == "cpu" and report["body_model"] == "anny"
     assert report["memory"]["peak_rss_mb"] > 100
     assert report["throughput"] == []
+    # bus.jpg's silhouette gives the fit too few trusted width bands for its stage C: said so
+    assert list(report["shape_solve"]) == ["bus.jpg"] and report["shape_solve"]["bus.jpg"]["ran"] is False
     text = bench.format_report(report)
     assert "bus.jpg 810x1080" in text and "fit" in text
+    assert "stage C (the shape solved on the silhouette's widths) skipped on bus.jpg" in text
