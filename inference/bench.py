@@ -145,8 +145,7 @@ class _Runner:
         results = self.pipe.run_batch(jobs)
         wall = (time.perf_counter() - t0) * 1000.0
         for job, res in zip(jobs, results):
-            name = Path(job.photo).name if not isinstance(job.photo, bytes) else f"photo {self.count}"
-            self.shape_solve[name] = {
+            self.shape_solve[Path(job.photo).name] = {  # the bench's photos are files (find_photos)
                 "ran": "width_cost_last" in res.fit, "width_bands": res.fit.get("width_bands")}
         for job in jobs:
             shutil.rmtree(job.out_dir, ignore_errors=True)
