@@ -293,3 +293,35 @@ def test_the_skinnings_apply_step_has_autograds_gradients_bit_for_bit():
         autograds = torch.autograd.grad(_apply_blend(blend, vertices), (blend, vertices), grad_out)
         for a, b in zip(ours, autograds):
             assert torch.equal(a, b)
+
+
+def test_the_monotone_solve_finds_each_rows_root_in_fewer_calls_than_a_bisection():
+    """Stage C's mass search (``solve_monotone``): per row the v in [0, 1] where an increasing
+    function meets the target, within its tolerance; out of range the nearer end."""
+    from inference.stages.fit import solve_monotone
+
+    # piecewise smooth rows with a kink at 0.5, as Anny's mass in the weight phenotype
+    slope_lo = torch.tensor([60.0, 12.0, 30.0, 5.0, 80.0])
+    slope_hi = torch.tensor([100.0, 12.0, 5.0, 50.0, 80.0])
+    base = torch.tensor([50.0, 67.0, 60.0, 64.0, 85.0])
+
+    def g(rows, v):
+        lo, hi, b = slope_lo[rows], slope_hi[rows], base[rows]
+        return b + lo * v.clamp(max=0.5) + hi * (v - 0.5).clamp(min=0) + 8.0 * v**2
+
+    calls = []
+
+    def f(rows, v):
+        calls.append(len(rows))
+        return g(rows, v)
+
+    target = 72.0
+    v = solve_monotone(f, target, 5, torch.float32, "cpu", tol=0.05)
+    every = torch.arange(5)
+    inside = (g(every, torch.zeros(5)) < target) & (g(every, torch.ones(5)) > target)
+    assert inside.tolist() == [True, True, True, True, False]
+    assert (g(every, v) - target)[inside].abs().max() < 0.05
+    assert v[4] == 0.0  # already heavier at 0: the lower end
+    assert solve_monotone(lambda r, x: g(r, x), 500.0, 5, torch.float32, "cpu").eq(1.0).all()
+    # the body forwards it ran (rows summed) against a bisection's 8 calls of all 5 rows
+    assert len(calls) <= 7 and sum(calls) < 8 * 5

@@ -67,10 +67,12 @@ LIMB_LIMITS = {
 
 @dataclass
 class FitConfig:
-    # stage B's Adam steps, and those of each later round's pose-and-camera refit: 100 and 30
-    # (were 120 and 40: ~12 % of the fit on CPU; dev's mean errors no worse, studio's waist
-    # 0.1 cm worse: BENCHMARKS.md, "Fewer fit steps")
-    iterations: int = 100
+    # stage B's Adam steps, and those of each later round's pose-and-camera refit: 70 and 30
+    # (were 120 and 40, then 100 and 30: each of these steps moves the shape too and costs
+    # ~15 ms on CPU; 70 moved the evals at the noise level, BENCHMARKS.md, "Fewer fit steps"
+    # and "Stage B: 70 steps")
+    iterations: int = 70
+    baseline_iterations: int = 50  # the same without a photo (``use_photo`` off: shape and mass only)
     # stage B with the shape free steps on the body's shape-only part (Anny's rest model), its
     # keypoint basis and the standing body's scale and mass linearised in the shape (finite
     # differences), refreshed every this many steps; 0 (the default): the exact body every step.
@@ -572,7 +574,7 @@ class Fitter:
 
         # -- stage B: everything
         history: list[torch.Tensor] = []
-        iters = cfg.iterations if use_photo else max(40, cfg.iterations // 2)
+        iters = cfg.iterations if use_photo else cfg.baseline_iterations
         sh, limbs, rot, trans = stage_b(shape, limbs, rot, trans, iters, True)
         solve_info: list[dict] = [{} for _ in targets]
         learned: list = [None] * B
@@ -738,12 +740,9 @@ class Fitter:
         X = shape[None].repeat(len(grid), 1)
         X[:, a] = grid
         if weight_kg is not None:
-            lo, hi = torch.zeros_like(grid), torch.ones_like(grid)
-            for _ in range(8):
-                X[:, b] = 0.5 * (lo + hi)
-                heavy = self._mass(body.clamp_shape(X.clone()), stand, height_m) > weight_kg
-                hi, lo = torch.where(heavy, X[:, b], hi), torch.where(heavy, lo, X[:, b])
-            X[:, b] = 0.5 * (lo + hi)
+            X[:, b] = solve_monotone(
+                lambda rows, v: self._mass(body.clamp_shape(_with_column(X[rows], b, v)), stand, height_m),
+                weight_kg, len(grid), X.dtype, X.device)
         return best(torch.cat([first, body.clamp_shape(X)]))
 
     def _mass(self, shape: torch.Tensor, stand: torch.Tensor, height_m: float) -> torch.Tensor:
@@ -913,6 +912,52 @@ def distinct_rows(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if len(rows) == len(X):
         return X, torch.arange(len(X), device=X.device)
     return (rows.expand(2, -1) if len(rows) == 1 else rows), inverse
+
+
+def _with_column(X: torch.Tensor, col: int, values: torch.Tensor) -> torch.Tensor:
+    out = X.clone()
+    out[:, col] = values
+    return out
+
+
+def solve_monotone(f, target: float, n: int, dtype, device, tol: float = 0.05,
+                   iterations: int = 6) -> torch.Tensor:
+    """``n`` roots in [0, 1] of ``f_i(v) = target`` for increasing ``f_i``, ``f(rows, v)``
+    giving ``f_i(v_i)`` for the (k,) ``rows`` at (k,) values (batched), by false position with
+    the Illinois rule; where
+    ``target`` lies outside [f(0), f(1)] the nearer end. The first call (at 3n) takes 0, 0.5 and 1,
+    so the search goes on in one half; then it stops once every |f(v) - target| < ``tol`` or after
+    ``iterations`` more calls. Stage C's mass search: Anny's mass is smooth in the weight
+    phenotype on each side of its middle anchor (0.5), so this takes 2-4 calls where a bisection
+    to the same precision took 8."""
+    zero = torch.zeros(n, dtype=dtype, device=device)
+    every = torch.arange(n, device=device)
+    f0, f_mid, f1 = (f(every.repeat(3), torch.cat([zero, zero + 0.5, zero + 1.0])) - target).view(3, n)
+    low_half = f_mid > 0
+    lo, hi = torch.where(low_half, zero, zero + 0.5), torch.where(low_half, zero + 0.5, zero + 1.0)
+    f_lo, f_hi = torch.where(low_half, f0, f_mid), torch.where(low_half, f_mid, f1)
+    v = torch.where(f0 >= 0, zero, zero + 1.0)  # out of range: the nearer end
+    v = torch.where(f_mid == 0, zero + 0.5, v)
+    open_ = (f_lo < 0) & (f_hi > 0)
+    side = torch.zeros(n, dtype=torch.long, device=device)  # which end moved last: -1 lo, +1 hi
+    for _ in range(iterations):
+        if not bool(open_.any()):
+            break
+        guess = lo - f_lo * (hi - lo) / (f_hi - f_lo)
+        v = torch.where(open_, guess, v)
+        rows = torch.nonzero(open_).flatten()
+        fv = torch.zeros_like(v)
+        fv[rows] = f(rows, v[rows]) - target
+        done = fv.abs() < tol
+        up = fv > 0  # v is above the root: it becomes the upper end
+        # Illinois: an end kept twice in a row has its value halved, so the bracket shrinks
+        f_lo = torch.where(open_ & up & (side == 1), 0.5 * f_lo, f_lo)
+        f_hi = torch.where(open_ & ~up & (side == -1), 0.5 * f_hi, f_hi)
+        hi, f_hi = torch.where(open_ & up, v, hi), torch.where(open_ & up, fv, f_hi)
+        lo, f_lo = torch.where(open_ & ~up, v, lo), torch.where(open_ & ~up, fv, f_lo)
+        side = torch.where(open_, torch.where(up, 1, -1), side)
+        open_ = open_ & ~done
+    return v
 
 
 def huber_residual(r: torch.Tensor, k: float) -> torch.Tensor:
