@@ -69,8 +69,8 @@ LIMB_LIMITS = {
 class FitConfig:
     # stage B's Adam steps, and those of each later round's pose-and-camera refit: 70 and 30
     # (were 120 and 40, then 100 and 30: each of these steps moves the shape too and poses the
-    # standing body whole, ~12-17 ms on the dev CPU; 70 moved the evals at the noise level, BENCHMARKS.md, "Fewer fit steps"
-    # and "Stage B: 70 steps")
+    # standing body whole, ~12-17 ms on the dev CPU; 70 moved the evals at the noise level,
+    # BENCHMARKS.md, "Fewer fit steps" and "Stage B: 70 steps")
     iterations: int = 70
     baseline_iterations: int = 50  # the same without a photo (``use_photo`` off: shape and mass only)
     # stage B with the shape free steps on the body's shape-only part (Anny's rest model), its
@@ -926,9 +926,9 @@ def solve_monotone(f, target: float, n: int, dtype, device, tol: float = 0.05,
     giving ``f_i(v_i)`` for the (k,) ``rows`` at (k,) values (batched), by false position with
     the Illinois rule; where ``target`` lies outside [f(0), f(1)], the nearer end. The first call
     (at 3n) takes 0, 0.5 and 1, so the search goes on in one half; then it stops once every
-    |f(v) - target| < ``tol`` or after ``iterations`` more calls (only the rows still open). Stage C's mass search: Anny's mass is smooth in the weight
-    phenotype on each side of its middle anchor (0.5), so this takes 2-4 calls where a bisection
-    to the same precision took 8."""
+    |f(v) - target| < ``tol`` or after ``iterations`` more calls (only the rows still open).
+    Stage C's mass search: Anny's mass is smooth in the weight phenotype on each side of its
+    middle anchor (0.5), so this takes 2-4 calls where a bisection to the same precision took 8."""
     zero = torch.zeros(n, dtype=dtype, device=device)
     every = torch.arange(n, device=device)
     f0, f_mid, f1 = (f(every.repeat(3), torch.cat([zero, zero + 0.5, zero + 1.0])) - target).view(3, n)
