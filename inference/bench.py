@@ -92,14 +92,15 @@ class BenchConfig:
     gender: str = "male"
 
 
-def machine_info(device: str) -> dict:
+def machine_info(device: str, renderer=None) -> dict:
     import torch
 
     info = {
         "device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
         "cpu": platform.processor() or platform.machine(), "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-        "gl_platform": os.environ.get("PYOPENGL_PLATFORM"),
+        # the renderer's (its own process sets its own)
+        "gl_platform": getattr(renderer, "platform", None) or os.environ.get("PYOPENGL_PLATFORM"),
     }
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(device)
@@ -165,7 +166,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda m: None, pip
                                                weights_dir=cfg.weights_dir or default_weights_dir()), log=log)
     load_ms = pipe.load_ms
     cuda = pipe.device.startswith("cuda")
-    report: dict = {"machine": machine_info(pipe.device), "body_model": pipe.body_model,
+    report: dict = {"machine": machine_info(pipe.device, pipe.renderer), "body_model": pipe.body_model,
                     "models": pipe.models, "photos": photo_info(cfg.photos),
                     "config": {"runs": cfg.runs, "warmup": cfg.warmup, "batches": cfg.batches},
                     "models_load_ms": round(load_ms, 1)}
@@ -193,6 +194,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda m: None, pip
             report["throughput"] = _throughput(run, cfg, warm, log)
             report["shape_solve"] = run.shape_solve
         report["memory"] = {"peak_rss_mb": peak_rss_mb()}
+        if hasattr(pipe.renderer, "status"):  # a render process of its own: its memory too
+            report["memory"]["render_process_peak_rss_mb"] = pipe.renderer.status()["peak_rss_mb"]
         if cuda:
             report["memory"]["gpu_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(pipe.device) / 2**20, 1)
             report["memory"]["gpu_peak_reserved_mb"] = round(torch.cuda.max_memory_reserved(pipe.device) / 2**20, 1)
@@ -248,6 +251,8 @@ def format_report(r: dict) -> str:
                      f"({t['batches']} batches, p50 {t['batch_wall_ms']['p50']:.0f} ms each)")
     mem = r["memory"]
     lines.append(f"peak memory: RSS {mem['peak_rss_mb']:.0f} MB"
+                 + (f" (+ {mem['render_process_peak_rss_mb']:.0f} MB the render process)"
+                    if "render_process_peak_rss_mb" in mem else "")
                  + (f", GPU {mem['gpu_peak_allocated_mb']:.0f} MB allocated "
                     f"({mem['gpu_peak_reserved_mb']:.0f} MB reserved)" if "gpu_peak_allocated_mb" in mem else ""))
     return "\n".join(lines)

@@ -47,6 +47,9 @@ class PipelineConfig:
     work_size: int = DEFAULT_WORK_SIZE
     texture_size: int = 1024
     preview_size: int = 512
+    # render in a child process (``inference.stages.render_process``); False: on a thread of
+    # this one, as before (the images are the same)
+    render_process: bool = True
     fit: FitConfig = field(default_factory=FitConfig)
 
 
@@ -115,6 +118,25 @@ class Pipeline:
         wdir = Path(cfg.weights_dir)
         self.body_model = self._choose_body_model(cfg.body_model, wdir)
         pose = W.pose_weights(wdir)  # raises MissingWeightError with the fix
+        # first: a renderer of its own process starts now, beside the models' loading
+        self.renderer = self._renderer(cfg.render_process)
+        try:
+            self._load_models(cfg, wdir, pose)
+        except BaseException:
+            self.renderer.close()
+            raise
+        # measure and render run here while the export runs on the caller's thread: numpy,
+        # zlib, file writes and OpenGL release the GIL, so on a second core they overlap
+        self._side = ThreadPoolExecutor(1, thread_name_prefix="avatar-side")
+        # what the export computes once per body model (the texture's UV raster, the OBJ
+        # topology text, the glTF corners) is computed there now, beside the first job's
+        # first stages, instead of inside its export; the export waits for it
+        self._topology_ready = self._side.submit(self._prepare_topologies, list(self._bodies.values()))
+        self.load_ms = (time.perf_counter() - t0) * 1000.0
+        self.log(f"body model: {self.body_model} · detector: {self.detector.name} · "
+                 f"segmenter: {self.segmenter.name} · device: {self.device}")
+
+    def _load_models(self, cfg: PipelineConfig, wdir: Path, pose: Path) -> None:
         if self.body_model == "anny" and not W.anny_cache_ready():
             self.log("anny model cache not built yet: building it now (1-3 minutes, once per machine)")
         self.detector = Detector(pose, self.device)
@@ -130,19 +152,21 @@ class Pipeline:
         }
         if self.body_model == "anny":
             self.body_for("other")  # one Anny serves every gender: load it now
+
+    def _renderer(self, own_process: bool):
+        """The renderer: in a child process of its own (``render_process``, the default: the
+        render then neither waits for this process's interpreter lock nor holds it while the
+        fit and the export run), else on this process's GL thread."""
         from inference.stages.render import Renderer
 
-        self.renderer = Renderer(self.device, log=self.log)
-        # measure and render run here while the export runs on the caller's thread: numpy,
-        # zlib, file writes and OpenGL release the GIL, so on a second core they overlap
-        self._side = ThreadPoolExecutor(1, thread_name_prefix="avatar-side")
-        # what the export computes once per body model (the texture's UV raster, the OBJ
-        # topology text, the glTF corners) is computed there now, beside the first job's
-        # first stages, instead of inside its export; the export waits for it
-        self._topology_ready = self._side.submit(self._prepare_topologies, list(self._bodies.values()))
-        self.load_ms = (time.perf_counter() - t0) * 1000.0
-        self.log(f"body model: {self.body_model} · detector: {self.detector.name} · "
-                 f"segmenter: {self.segmenter.name} · device: {self.device}")
+        if own_process:
+            from inference.stages.render_process import RenderProcess
+
+            try:
+                return RenderProcess(self.device, log=self.log)
+            except OSError as exc:  # no child process here: render in this one
+                self.log(f"render process not started ({exc}): rendering in this process")
+        return Renderer(self.device, log=self.log)
 
     # ---- models --------------------------------------------------------------------------
     def _choose_body_model(self, wanted: str, wdir: Path) -> str:
