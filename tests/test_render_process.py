@@ -154,3 +154,18 @@ def test_the_child_leaves_sigterm_and_sigint_to_its_parent():
         assert r.render_mesh(v, f, cam)[2].any()
     finally:
         r.close()
+
+
+def test_the_child_imports_this_checkout_whatever_the_working_directory(tmp_path, monkeypatch):
+    """A folder with another ``inference`` package (an older checkout) as the working
+    directory must not change what the child runs."""
+    other = tmp_path / "inference"
+    other.mkdir()
+    (other / "__init__.py").write_text("raise ImportError('the wrong inference package')\n")
+    monkeypatch.chdir(tmp_path)
+    r = RenderProcess("cpu")
+    try:
+        v, f = tetra()
+        assert r.render_mesh(v, f, R.look_at_camera(v, "front", width=32, height=32))[2].any()
+    finally:
+        r.close()

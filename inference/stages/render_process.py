@@ -8,7 +8,7 @@ while the fit ran on the main thread, which then waited for the lock: a cold ``a
 fitted ~1.5-2 s slower than a warm one, and a warm job's export shared the lock with the render.
 The child has its own interpreter (and the second core); the parent only pickles arrays to it.
 
-The child is ``python -m inference.stages.render_process`` with two pipes (requests, replies); it
+The child is a Python that runs :func:`main` with two pipes (requests, replies); it
 makes its ``Renderer`` (the GL platform, the EGL device and the OSMesa fallback are chosen there,
 and its lines come back to the parent's log) and then answers one call at a time. It exits when
 its request pipe closes, so it never outlives the parent, whatever ends the parent. A child that
@@ -67,14 +67,14 @@ class RenderProcess:
     def _start_child(self) -> None:
         r_req, w_req = os.pipe()
         r_rep, w_rep = os.pipe()
-        root = str(Path(__file__).resolve().parents[2])  # this checkout's, whatever the cwd
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+        # this checkout's package, first on the path: not one the working directory holds
+        root = str(Path(__file__).resolve().parents[2])
+        code = (f"import sys; sys.path.insert(0, {root!r}); "
+                "from inference.stages.render_process import main; main(sys.argv[1:])")
         try:
             self._child = subprocess.Popen(
-                [sys.executable, "-m", "inference.stages.render_process", self.device,
-                 str(r_req), str(w_rep)],
-                pass_fds=(r_req, w_rep), env=env, stdin=subprocess.DEVNULL)
+                [sys.executable, "-c", code, self.device, str(r_req), str(w_rep)],
+                pass_fds=(r_req, w_rep), stdin=subprocess.DEVNULL)
         finally:
             os.close(r_req)
             os.close(w_rep)
@@ -127,7 +127,12 @@ class RenderProcess:
                 self._send.send((method, args, kwargs))
                 ok, value = self._recv.recv()
             except (EOFError, OSError, pickle.PicklingError, RenderProcessError) as exc:
-                code = self._child.poll() if self._child is not None else None
+                code = None
+                if self._child is not None:
+                    try:
+                        code = self._child.wait(1.0)  # its pipe closed: it is ending, or gone
+                    except subprocess.TimeoutExpired:
+                        pass
                 self._stop_child(timeout_s=1.0)
                 done.set_exception(exc if isinstance(exc, RenderProcessError) else RenderProcessError(
                     f"the render process failed during {method} (exit code {code}): {exc!r}"))
@@ -227,13 +232,14 @@ def _sendable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> None:
+    """The child's entry (``RenderProcess`` starts it): DEVICE REQUEST_FD REPLY_FD."""
     # a Ctrl-C or a SIGTERM to the parent's process group (a worker stopped for a deploy) is the
     # parent's to handle: it may still need a render to finish its job, and closes the pipe
     # when done, which ends this process (SIGKILL still does at once)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    device_arg, req_fd, rep_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    device_arg, req_fd, rep_fd = argv[0], int(argv[1]), int(argv[2])
     try:
         code = _serve(device_arg, Connection(req_fd, writable=False), Connection(rep_fd, readable=False))
     except (BrokenPipeError, EOFError):  # the parent went away mid-reply
