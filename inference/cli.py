@@ -153,9 +153,22 @@ def _weights_dir(args) -> Path:
     return args.weights_dir or default_weights_dir()
 
 
-def _create(args) -> int:
-    from inference.pipeline import Job, Pipeline, PipelineConfig
+def _early_renderer(device: str):
+    """The pipeline's render process, started before torch is imported (its own start, ~1 s
+    of imports, then runs beside that import on the second core), where the device is known
+    without torch: ``cpu``, or ``auto`` on a machine with no NVIDIA driver. None otherwise
+    (the pipeline starts its own)."""
+    if device != "cpu" and not (device == "auto" and not os.path.exists("/dev/nvidiactl")):
+        return None
+    from inference.stages.render_process import RenderProcess
 
+    try:
+        return RenderProcess("cpu")
+    except OSError:
+        return None
+
+
+def _create(args) -> int:
     subject = Subject(height_cm=args.height, gender=args.gender, weight_kg=args.weight,
                       clothing=args.clothing).validate()
     if (args.photo is None) == (not args.sample):
@@ -166,9 +179,11 @@ def _create(args) -> int:
         args.photo = sample_photo()
     if not args.photo.is_file():
         raise InputError(f"photo not found: {args.photo}", "photo_not_found")
+    early_renderer = _early_renderer(args.device)
+    from inference.pipeline import Job, Pipeline, PipelineConfig  # torch: after the renderer's start
     say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     pipe = Pipeline(PipelineConfig(device=args.device, body_model=args.body_model,
-                                   weights_dir=_weights_dir(args)), log=say)
+                                   weights_dir=_weights_dir(args)), log=say, renderer=early_renderer)
     from inference.progress import StageProgress
 
     progress = StageProgress(sys.stderr)

@@ -107,7 +107,19 @@ def resolve_device(device: str) -> str:
 class Pipeline:
     """Loads the detector, segmenter, body model(s) and renderer once; runs jobs."""
 
-    def __init__(self, config: PipelineConfig | None = None, log: Callable[[str], None] | None = None):
+    def __init__(self, config: PipelineConfig | None = None, log: Callable[[str], None] | None = None,
+                 renderer=None):
+        """``renderer``: a ``RenderProcess`` started earlier (a one-shot ``avatar create`` starts
+        one before it imports torch, so the child's start overlaps that import); the pipeline
+        owns it from here, and makes its own instead when it was made for another device."""
+        try:
+            self._init(config, log, renderer)
+        except BaseException:
+            if renderer is not None and getattr(self, "renderer", None) is not renderer:
+                renderer.close()
+            raise
+
+    def _init(self, config, log, renderer) -> None:
         t0 = time.perf_counter()
         self.config = cfg = config or PipelineConfig()
         self.log = log or (lambda msg: None)
@@ -119,7 +131,10 @@ class Pipeline:
         self.body_model = self._choose_body_model(cfg.body_model, wdir)
         pose = W.pose_weights(wdir)  # raises MissingWeightError with the fix
         # first: a renderer of its own process starts now, beside the models' loading
-        self.renderer = self._renderer(cfg.render_process)
+        if renderer is not None and (not cfg.render_process or getattr(renderer, "device", None) != self.device):
+            renderer.close()
+            renderer = None
+        self.renderer = renderer or self._renderer(cfg.render_process)
         try:
             self._load_models(cfg, wdir, pose)
         except BaseException:

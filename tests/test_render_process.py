@@ -169,3 +169,36 @@ def test_the_child_imports_this_checkout_whatever_the_working_directory(tmp_path
         assert r.render_mesh(v, f, R.look_at_camera(v, "front", width=32, height=32))[2].any()
     finally:
         r.close()
+
+
+def test_a_create_starts_its_renderer_before_torch_is_imported():
+    """``avatar create`` on the CPU starts the render process first, so the child's own start
+    runs beside the torch import (nothing in that start may import torch)."""
+    code = textwrap.dedent("""
+        import sys
+        from inference.cli import _early_renderer
+        r = _early_renderer("cpu")
+        print(type(r).__name__, "torch" in sys.modules, r.platform)
+        r.close()
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["RenderProcess", "False", "osmesa"], out.stderr
+
+
+def test_the_pipeline_takes_a_started_renderer_or_replaces_one_it_cannot_use(weights_dir):
+    from inference.pipeline import Pipeline, PipelineConfig
+
+    given = RenderProcess("cpu")
+    pipe = Pipeline(PipelineConfig(device="cpu", weights_dir=weights_dir), renderer=given)
+    try:
+        assert pipe.renderer is given
+    finally:
+        pipe.close()
+    assert given._closed
+    other = RenderProcess("cpu")
+    pipe = Pipeline(PipelineConfig(device="cpu", weights_dir=weights_dir, render_process=False),
+                    renderer=other)
+    try:  # asked to render in this process: the given one is closed, not leaked
+        assert isinstance(pipe.renderer, R.Renderer) and other._closed
+    finally:
+        pipe.close()
