@@ -202,3 +202,21 @@ def test_the_pipeline_takes_a_started_renderer_or_replaces_one_it_cannot_use(wei
         assert isinstance(pipe.renderer, R.Renderer) and other._closed
     finally:
         pipe.close()
+
+
+
+def test_what_the_child_prints_goes_to_stderr_not_stdout():
+    """``avatar create --json`` prints one JSON document on stdout: a line a GL library prints in
+    the render process must not land there (its stdout is the parent's stderr)."""
+    code = textwrap.dedent("""
+        import os
+        from inference.stages.render_process import RenderProcess
+        r = RenderProcess("cpu")
+        r.status()
+        child = r._child.pid
+        print(os.readlink(f"/proc/{child}/fd/1") == os.readlink("/proc/self/fd/2"),
+              os.readlink(f"/proc/{child}/fd/1") != os.readlink("/proc/self/fd/1"))
+        r.close()
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True"], out.stderr

@@ -74,7 +74,9 @@ class RenderProcess:
         try:
             self._child = subprocess.Popen(
                 [sys.executable, "-c", code, self.device, str(r_req), str(w_rep)],
-                pass_fds=(r_req, w_rep), stdin=subprocess.DEVNULL)
+                # its stdout to our stderr: what a GL library prints must not land in a
+                # create's --json output
+                pass_fds=(r_req, w_rep), stdin=subprocess.DEVNULL, stdout=2)
         finally:
             os.close(r_req)
             os.close(w_rep)
