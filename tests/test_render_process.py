@@ -220,3 +220,25 @@ def test_what_the_child_prints_goes_to_stderr_not_stdout():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["True", "True"], out.stderr
+
+
+def test_a_hung_child_is_killed_the_call_fails_and_the_next_one_renders():
+    """Nothing waits for ever on a GL driver that hangs: no answer within the call timeout
+    kills the child and fails the call; the next call gets a new child."""
+    r = RenderProcess("cpu")
+    try:
+        v, f = tetra()
+        cam = R.look_at_camera(v, "front", width=32, height=32)
+        r.render_mesh(v, f, cam)
+        hung = r._child
+        r.call_timeout_s = 1.0
+        os.kill(hung.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(RenderProcessError, match="no answer to render_mesh within 1 s"):
+            r.render_mesh(v, f, cam)
+        assert time.monotonic() - t0 < 10
+        assert hung.poll() is not None  # killed, not left stopped
+        r.call_timeout_s = 60.0
+        assert r.render_mesh(v, f, cam)[2].any() and r._child.pid != hung.pid
+    finally:
+        r.close()

@@ -13,7 +13,8 @@ makes its ``Renderer`` (the GL platform, the EGL device and the OSMesa fallback 
 and its lines come back to the parent's log) and then answers one call at a time. It exits when
 its request pipe closes, so it never outlives the parent, whatever ends the parent. A child that
 dies (a crash in the GL driver) fails the calls in flight with a clear error, and the next call
-starts a new one. It ignores SIGINT and SIGTERM: those, sent to the parent's process group, are
+starts a new one; so does one that answers nothing within ``CALL_TIMEOUT_S`` (it is killed).
+It ignores SIGINT and SIGTERM: those, sent to the parent's process group, are
 the parent's to act on (a worker stopping for a deploy may still render its job).
 """
 from __future__ import annotations
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 _STATUS = "__status__"  # the child's own figures, not a Renderer method
 START_TIMEOUT_S = 300.0  # the child's first answer: imports, and on a GPU the EGL probe
+# a call's answer: a render takes well under a second; a child that says nothing for this long
+# (a GL driver hung) is killed and the call fails, so no job waits on it for ever
+CALL_TIMEOUT_S = 300.0
 
 
 class RenderProcessError(RuntimeError):
@@ -59,6 +63,7 @@ class RenderProcess:
         self._recv: Connection | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
+        self.call_timeout_s = CALL_TIMEOUT_S
         self._start_child()  # now: its imports overlap the caller's
         self._thread = threading.Thread(target=self._loop, name="avatar-render-client", daemon=True)
         self._thread.start()
@@ -127,6 +132,9 @@ class RenderProcess:
                 if not self._handshake_done:
                     self._handshake()
                 self._send.send((method, args, kwargs))
+                if not self._recv.poll(self.call_timeout_s):
+                    raise RenderProcessError(f"the render process gave no answer to {method} within "
+                                             f"{self.call_timeout_s:.0f} s: stopped")
                 ok, value = self._recv.recv()
             except (EOFError, OSError, pickle.PicklingError, RenderProcessError) as exc:
                 code = None
