@@ -43,7 +43,7 @@ async def open_stores(settings):
 
 
 async def startup(ctx: dict) -> None:
-    from inference.pipeline import Pipeline, PipelineConfig
+    from inference.pipeline import Pipeline
     from service.db import session_factory
     from service.worker import JobRunner
 
@@ -52,9 +52,7 @@ async def startup(ctx: dict) -> None:
     engine, storage = await open_stores(settings)
 
     t0 = time.perf_counter()
-    pipeline = await asyncio.to_thread(
-        Pipeline, PipelineConfig(device=_device(settings.worker_device), body_model=settings.worker_body_model),
-        log.info)
+    pipeline = await asyncio.to_thread(Pipeline, pipeline_config(settings), log.info)
     log.info("pipeline loaded in %.1f s on %s", time.perf_counter() - t0, pipeline.device)
     if settings.worker_warmup:
         t0 = time.perf_counter()
@@ -65,6 +63,14 @@ async def startup(ctx: dict) -> None:
     ctx.update(runner=runner, engine=engine, pipeline=pipeline, take_gate=runner.batches.until_free,
                heartbeat=asyncio.create_task(runner.heartbeat_forever(pipeline.device)))
     log.info("worker %s ready on queue %s", runner.name, settings.queue_name)
+
+
+def pipeline_config(settings):
+    """The worker's pipeline, as its settings say (device, body model, where it renders)."""
+    from inference.pipeline import PipelineConfig
+
+    return PipelineConfig(device=_device(settings.worker_device), body_model=settings.worker_body_model,
+                          render_process=settings.worker_render_process)
 
 
 def lower_priority(nice: int) -> None:

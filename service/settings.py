@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     worker_device: str = "auto"
     worker_body_model: str = "auto"
     worker_warmup: bool = True
+    # render in a child process of the worker (the default: pyrender then does not hold the
+    # fit's interpreter lock); false renders on a thread of the worker itself, as before
+    worker_render_process: bool = True
     # the pipeline takes whatever CPU it gets; a request to the API on the same machine must not
     # wait behind it (status p99 was 190 ms at 4 users with a busy worker at equal priority)
     worker_nice: int = Field(10, ge=0, le=19)

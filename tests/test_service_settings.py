@@ -49,3 +49,15 @@ def test_plain_database_urls_get_the_async_driver():
 def test_bad_values_are_refused(field, value):
     with pytest.raises(ValidationError):
         Settings(_env_file=None, **{field: value})
+
+
+@pytest.mark.parametrize("value, in_child", [("true", True), ("false", False)])
+def test_the_worker_renders_where_worker_render_process_says(monkeypatch, value, in_child):
+    """WORKER_RENDER_PROCESS reaches the worker's pipeline: a child process of its own, or a
+    thread of the worker (an operator's way back if the child misbehaves on their machine)."""
+    import gpu_worker
+
+    monkeypatch.setenv("WORKER_RENDER_PROCESS", value)
+    monkeypatch.setenv("WORKER_DEVICE", "cpu")
+    cfg = gpu_worker.pipeline_config(Settings())
+    assert cfg.render_process is in_child and cfg.device == "cpu"
