@@ -153,7 +153,7 @@ def _weights_dir(args) -> Path:
     return args.weights_dir or default_weights_dir()
 
 
-def _early_renderer(device: str):
+def _early_renderer(device: str, say):
     """The pipeline's render process, started before torch is imported (its own start, ~1 s
     of imports, then runs beside that import on the second core), where the device is known
     without torch: ``cpu``, or ``auto`` on a machine with no NVIDIA driver. None otherwise
@@ -163,7 +163,7 @@ def _early_renderer(device: str):
     from inference.stages.render_process import RenderProcess
 
     try:
-        return RenderProcess("cpu")
+        return RenderProcess("cpu", log=say)
     except OSError:
         return None
 
@@ -179,9 +179,9 @@ def _create(args) -> int:
         args.photo = sample_photo()
     if not args.photo.is_file():
         raise InputError(f"photo not found: {args.photo}", "photo_not_found")
-    early_renderer = _early_renderer(args.device)
-    from inference.pipeline import Job, Pipeline, PipelineConfig  # torch: after the renderer's start
     say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    early_renderer = _early_renderer(args.device, say)
+    from inference.pipeline import Job, Pipeline, PipelineConfig  # torch: after the renderer's start
     pipe = Pipeline(PipelineConfig(device=args.device, body_model=args.body_model,
                                    weights_dir=_weights_dir(args)), log=say, renderer=early_renderer)
     from inference.progress import StageProgress

@@ -177,7 +177,7 @@ def test_a_create_starts_its_renderer_before_torch_is_imported():
     code = textwrap.dedent("""
         import sys
         from inference.cli import _early_renderer
-        r = _early_renderer("cpu")
+        r = _early_renderer("cpu", print)
         print(type(r).__name__, "torch" in sys.modules, r.platform)
         r.close()
     """)

@@ -23,7 +23,6 @@ import logging
 import os
 import pickle
 import queue
-import resource
 import signal
 import subprocess
 import sys
@@ -170,7 +169,7 @@ class RenderProcess:
         return self.status()["platform"]
 
     def status(self) -> dict:
-        """The child's GL platform and peak resident memory (MB; Linux)."""
+        """The child's GL platform and peak resident memory (MB)."""
         return self._submit(_STATUS).result()
 
     # -- the Renderer's side the pipeline uses --
@@ -219,8 +218,9 @@ def _serve(device: str, requests: Connection, replies: Connection) -> int:
                 return 0
             try:
                 if method == _STATUS:
-                    value, ok = {"platform": renderer.platform, "peak_rss_mb": round(
-                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}, True
+                    from inference.bench import peak_rss_mb
+
+                    value, ok = {"platform": renderer.platform, "peak_rss_mb": peak_rss_mb()}, True
                 else:
                     value, ok = getattr(renderer, method)(*args, **kwargs), True
             except Exception as exc:
