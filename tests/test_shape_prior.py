@@ -87,9 +87,13 @@ def test_the_packaged_prior_matches_the_body_model_and_the_features():
     assert prior is not None, f"{PRIOR_FILE} is missing: `avatar eval train-prior WORK_DIR` makes it"
     assert set(prior.outputs) <= set(PHENOTYPES) and "gender" not in prior.outputs
     n_feat = 3 + W.N_BANDS + 4 + 5
-    assert len(prior.models["weight"].x_mean) == n_feat
-    assert len(prior.models["no_weight"].x_mean) == n_feat - 1
-    assert np.all(prior.models["weight"].sigma > 0) and np.all(prior.models["weight"].sigma < 0.5)
+    # a model per gender
+    models = prior.models
+    assert set(models) == {f"{k}:{g}" for k in ("weight", "no_weight") for g in ("male", "female")}
+    for g in ("male", "female"):
+        assert len(models[f"weight:{g}"].x_mean) == n_feat
+        assert len(models[f"no_weight:{g}"].x_mean) == n_feat - 1
+        assert np.all(models[f"weight:{g}"].sigma > 0) and np.all(models[f"weight:{g}"].sigma < 0.5)
     assert PRIOR_FILE.stat().st_size < 2_000_000
     # the clothes' offsets at the hips and under the arms, from the same features
     assert prior.cloth_outputs == ["hips_cm", "under_arms_cm"]
@@ -102,6 +106,35 @@ def test_the_packaged_prior_matches_the_body_model_and_the_features():
     seed = prior.doc["trained_on"]["seed"]
     assert seed == SPLITS["prior-train"].seed
     assert all(s.seed != seed for name, s in SPLITS.items() if name != "prior-train")
+
+
+def _features(prior, gender_value):
+    m = prior.models["weight:male"]
+    x = np.asarray(m.x_mean).copy()
+    x[1] = gender_value
+    return x
+
+
+def test_each_gender_gets_its_own_model_and_other_both():
+    prior = ShapePrior.load()
+    male, s_m = prior.predict(_features(prior, 0.0), with_weight=True)
+    female, s_f = prior.predict(_features(prior, 1.0), with_weight=True)
+    other, s_o = prior.predict(_features(prior, 0.5), with_weight=True)
+    m = prior.models["weight:male"]
+    assert male == pytest.approx(m.predict(_features(prior, 0.0)[None])[0]) and np.array_equal(s_m, m.sigma)
+    f = prior.models["weight:female"]
+    assert female == pytest.approx(f.predict(_features(prior, 1.0)[None])[0]) and np.array_equal(s_f, f.sigma)
+    # "other": between the two models' answers, with a spread that covers both
+    mo = prior.models["weight:male"].predict(_features(prior, 0.5)[None])[0]
+    fo = prior.models["weight:female"].predict(_features(prior, 0.5)[None])[0]
+    assert other == pytest.approx(0.5 * (mo + fo))
+    assert np.all(s_o >= np.minimum(s_m, s_f)) and np.all(s_o >= np.abs(mo - fo) / 2 - 1e-12)
+    assert not np.allclose(male, female)
+    # a file of one model for both genders (before the models per gender) still answers
+    pooled = ShapePrior({**prior.doc, "models": {"weight": prior.doc["models"]["weight:male"],
+                                                 "no_weight": prior.doc["models"]["no_weight:male"]}})
+    assert pooled.predict(_features(prior, 1.0), with_weight=True)[0] == pytest.approx(
+        m.predict(_features(prior, 1.0)[None])[0])
 
 
 def test_cloth_targets_follow_the_generators_garments():
@@ -127,11 +160,36 @@ def test_predicted_cloth_is_never_negative_and_absent_from_an_older_prior():
 def test_train_prior_is_one_command(tmp_path):
     out = tmp_path / "prior.json"
     r = subprocess.run([sys.executable, "-m", "inference.cli", "eval", "train-prior", tmp_path / "work",
-                        "--n", "6", "--out", out], capture_output=True, text=True, timeout=900)
+                        "--n", "8", "--out", out], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     prior = ShapePrior.load(out)
-    assert prior.doc["trained_on"]["photos"] >= 4
-    mean, sigma = prior.predict(np.asarray(prior.models["weight"].x_mean), with_weight=True)
-    assert mean.shape == sigma.shape == (len(prior.outputs),)
-    cloth, cloth_sigma = prior.predict_cloth(np.asarray(prior.models["weight"].x_mean), with_weight=True)
+    assert prior.doc["trained_on"]["photos"] >= 6
+    x = np.asarray(prior.models["weight:male"].x_mean)
+    mean, sigma = prior.predict(x, with_weight=True)
+    assert mean.shape == sigma.shape == (len(prior.outputs),) and np.all(np.isfinite(mean))
+    cloth, cloth_sigma = prior.predict_cloth(x, with_weight=True)
     assert cloth.shape == cloth_sigma.shape == (2,)
+
+
+def test_the_fitter_loads_another_prior_file_and_refuses_a_missing_one(anny_body, tmp_path):
+    from inference.stages.fit import FitConfig, Fitter
+
+    doc = json.loads(PRIOR_FILE.read_text())
+    other = tmp_path / "prior.json"
+    doc["trained_on"] = {**doc["trained_on"], "photos": 1}  # any change tells the two apart
+    other.write_text(json.dumps(doc))
+    assert Fitter(anny_body, FitConfig(prior_file=str(other))).prior.doc["trained_on"]["photos"] == 1
+    assert Fitter(anny_body, FitConfig()).prior.doc["trained_on"]["photos"] > 1
+    with pytest.raises(FileNotFoundError, match="prior_file"):
+        Fitter(anny_body, FitConfig(prior_file=str(tmp_path / "missing.json")))
+
+
+def test_ridge_keeps_a_constant_column_finite_once_written():
+    from inference.eval.train_prior import _rounded  # what train-prior writes: 6 decimals
+
+    rng = np.random.default_rng(1)
+    X = np.hstack([rng.normal(size=(60, 3)), np.ones((60, 1))])  # the last column never varies
+    Y = X[:, :1] * 2.0 + 0.1 * rng.normal(size=(60, 1))
+    model, _ = fit_ridge(X, Y)
+    again = RidgeModel.from_json(json.loads(json.dumps(_rounded(model.to_json()))))
+    assert np.all(np.isfinite(again.predict(X))) and np.abs(again.predict(X) - Y).max() < 0.5

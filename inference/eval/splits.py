@@ -23,5 +23,5 @@ SPLITS: dict[str, Split] = {
     "test": Split("wide", seed=20261202, n=48, purpose="frozen: report only, never tune on it"),
     "studio": Split("studio", seed=0, n=24, purpose="the narrow studio set (regression check)"),
     "calib": Split("wide", seed=100, n=32, purpose="the keypoint-offsets table is measured here"),
-    "prior-train": Split("wide", seed=7000, n=368, purpose="the learned shape prior is trained here"),
+    "prior-train": Split("wide", seed=7000, n=736, purpose="the learned shape prior is trained here"),
 }

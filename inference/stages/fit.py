@@ -32,6 +32,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -144,6 +145,7 @@ class FitConfig:
     # latter)
     learned_prior: bool = True
     prior_scale: float = 1.0
+    prior_file: str = ""  # another trained prior (``avatar eval train-prior --out``); "": the packaged one
     record_prior_features: bool = False  # keep the features in the diagnostics (training)
     # torch's CPU threads during a fit on the CPU; 0: one where the process may use 2 cores or
     # fewer, else torch's own count. The fit's operations are small (a 14k-vertex body): on
@@ -377,11 +379,14 @@ class Fitter:
         labels = W.part_labels(body)
         self.part_labels = labels
         self.trunk_idx = torch.as_tensor(np.flatnonzero(labels == W.TRUNK), device=body.device)
-        self.prior = ShapePrior.load() if body.name == "anny" and self.config.learned_prior else None
+        prior_file = Path(self.config.prior_file) if self.config.prior_file else PRIOR_FILE
+        if self.config.prior_file and not prior_file.is_file():
+            raise FileNotFoundError(f"prior_file {prior_file}: no such file")
+        self.prior = ShapePrior.load(prior_file) if body.name == "anny" and self.config.learned_prior else None
         if self.prior is None and body.name == "anny" and self.config.learned_prior:
             logging.getLogger(__name__).warning(
                 "the learned shape prior (%s) is missing: the fit falls back to the population's "
-                "middle (`avatar eval train-prior` rebuilds it)", PRIOR_FILE)
+                "middle (`avatar eval train-prior` rebuilds it)", prior_file)
         self.prior_idx = None
         if self.prior is not None:
             self.prior_idx = torch.as_tensor([body.shape_names.index(n) for n in self.prior.outputs],

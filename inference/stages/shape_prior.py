@@ -35,6 +35,8 @@ from inference.stages import widths as W
 
 PRIOR_FILE = Path(__file__).resolve().parents[1] / "bodies" / "anny_shape_prior.json"
 GENDER_VALUE = {"male": 0.0, "female": 1.0, "other": 0.5}
+GENDER_NAME = {0.0: "male", 1.0: "female"}
+GENDER_COLUMN = 1  # in ``photo_features``
 
 
 def photo_features(height_cm: float, weight_kg: float | None, gender: str, mask_w: W.WidthTarget,
@@ -104,6 +106,7 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, alphas=(0.1, 0.3, 1.0, 3.0, 10.0, 30
 
     def solve(Xa, Ya, alpha):
         mu, sd = Xa.mean(0), Xa.std(0) + 1e-9
+        sd[sd < 1e-6] = 1.0  # a constant column (the gender in a model per gender): no scaling
         Z = (Xa - mu) / sd
         ym = Ya.mean(0)
         coef = np.linalg.solve(Z.T @ Z + alpha * np.eye(Z.shape[1]), Z.T @ (Ya - ym))
@@ -139,8 +142,20 @@ class ShapePrior:
         return cls(json.loads(Path(path).read_text())) if Path(path).is_file() else None
 
     def predict(self, features: np.ndarray, with_weight: bool) -> tuple[np.ndarray, np.ndarray]:
-        """→ (mean, sigma) of the ``outputs`` shape parameters."""
-        m = self.models["weight" if with_weight else "no_weight"]
+        """→ (mean, sigma) of the ``outputs`` shape parameters. A file with a model per gender
+        (``weight:male``, ``weight:female``, ...) answers "other" with the two models' average
+        and a spread that covers both."""
+        models = self.models
+        key = "weight" if with_weight else "no_weight"
+        gender = GENDER_NAME.get(float(features[GENDER_COLUMN]))
+        own = models.get(f"{key}:{gender}")
+        if own is not None:
+            return own.predict(features[None])[0], own.sigma
+        if f"{key}:male" in models:
+            m, f = models[f"{key}:male"], models[f"{key}:female"]
+            pm, pf = m.predict(features[None])[0], f.predict(features[None])[0]
+            return 0.5 * (pm + pf), np.sqrt(0.5 * (m.sigma ** 2 + f.sigma ** 2) + 0.25 * (pm - pf) ** 2)
+        m = models[key]
         return m.predict(features[None])[0], m.sigma
 
     def predict_cloth(self, features: np.ndarray, with_weight: bool) -> tuple[np.ndarray, np.ndarray] | None:
