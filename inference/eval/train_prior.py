@@ -6,10 +6,10 @@ from the wide generator's renders, by one command, reproducibly:
    recording each photo's features; half the photos get the true height and weight, half the
    inputs a user a little off would type (``perturbed_input``), so the prior learns how far to
    trust them;
-3. ridge regressions, features → the true shape parameters (with and without the typed weight),
-   penalties by cross-validation, written with their cross-validated spreads; and the same from
-   the features to how far the renders' clothes stand off the body at the hips and under the arms
-   (``cloth_targets``).
+3. ridge regressions, one per gender, features → the true shape parameters (with and without
+   the typed weight), penalties by cross-validation, written with their cross-validated
+   spreads; and (for both genders together) from the features to how far the renders' clothes
+   stand off the body at the hips and under the arms (``cloth_targets``).
 """
 from __future__ import annotations
 
@@ -120,9 +120,10 @@ def train_prior(work_dir: Path, out: Path = PRIOR_FILE, n: int | None = None, de
 
 def _by_gender(X: np.ndarray, Y: np.ndarray) -> tuple[dict, dict, dict]:
     """Shape regressions with and without the typed weight, one per gender (a man's and a
-    woman's bodies answer the same silhouette differently: cross-validated RMSE of muscle 0.235 →
-    0.199 on the prior-train split against one model for both) → (models by ``key:gender``, CV
-    of the models with a weight, without; each pooled over the genders)."""
+    woman's bodies answer the same silhouette differently: on 368 prior-train renders the
+    cross-validated RMSE of muscle went 0.211 → 0.188 and of weight 0.163 → 0.150 against one
+    model for both) → (models by ``key:gender``, CV of the models with a weight, without; the
+    RMSE pooled over the genders)."""
     models, cv = {}, {"weight": {}, "no_weight": {}}
     for gender, value in GENDER_VALUE.items():
         rows = X[:, GENDER_COLUMN] == value

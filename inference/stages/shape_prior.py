@@ -4,8 +4,8 @@ Optimisation alone reads the silhouette as the body's outline; on a clothed pers
 clothes'. How much wider than the body clothes usually are, and how muscle, fat, age and
 proportions show in a front silhouette, is learned here from the wide eval generator's renders
 (``avatar eval train-prior``; training seeds are disjoint from the dev, test, studio and calib
-splits): a ridge regression from the photo's features (below) to the body model's free shape
-parameters, with the spread of its cross-validated errors. The fitter's stage C then pulls the
+splits): a ridge regression per gender from the photo's features (below) to the body model's
+free shape parameters, with the spread of its cross-validated errors ("other": both models). The fitter's stage C then pulls the
 shape toward the prediction by that spread instead of toward the population's middle. A second
 regression from the same features predicts how far the clothes stand off the body (cm, each side)
 at the hips and under the arms: a silhouette shows whether the clothes hang loose (trousers wider
