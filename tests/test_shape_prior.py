@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from inference.stages import widths as W
-from inference.stages.shape_prior import PRIOR_FILE, RidgeModel, ShapePrior, fit_ridge, photo_features
+from inference.stages.shape_prior import (GENDER_COLUMN, PRIOR_FILE, RidgeModel, ShapePrior, fit_ridge,
+                                          photo_features)
 
 
 def test_ridge_recovers_a_linear_map_and_states_its_error_spread():
@@ -111,7 +112,7 @@ def test_the_packaged_prior_matches_the_body_model_and_the_features():
 def _features(prior, gender_value):
     m = prior.models["weight:male"]
     x = np.asarray(m.x_mean).copy()
-    x[1] = gender_value
+    x[GENDER_COLUMN] = gender_value
     return x
 
 

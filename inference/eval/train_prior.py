@@ -20,7 +20,7 @@ import numpy as np
 
 from inference.eval.fitonly import fit_cases, observe_set
 from inference.eval.splits import SPLITS
-from inference.stages.shape_prior import GENDER_COLUMN, GENDER_VALUE, PRIOR_FILE, fit_ridge
+from inference.stages.shape_prior import GENDER_COLUMN, GENDER_NAME, PRIOR_FILE, fit_ridge
 from inference.types import Subject
 
 OUTPUTS = ("age", "muscle", "weight", "height", "proportions")
@@ -124,21 +124,17 @@ def _by_gender(X: np.ndarray, Y: np.ndarray) -> tuple[dict, dict, dict]:
     cross-validated RMSE of muscle went 0.211 → 0.188 and of weight 0.163 → 0.150 against one
     model for both) → (models by ``key:gender``, CV of the models with a weight, without; the
     RMSE pooled over the genders)."""
-    models, cv = {}, {"weight": {}, "no_weight": {}}
-    for gender, value in GENDER_VALUE.items():
+    models, cv, counts = {}, {"weight": {}, "no_weight": {}}, {}
+    for value, gender in GENDER_NAME.items():
         rows = X[:, GENDER_COLUMN] == value
-        if gender == "other" or not rows.any():
-            continue
+        counts[gender] = int(rows.sum())
         for key, Xk in (("weight", X[rows]), ("no_weight", np.delete(X[rows], BMI_COLUMN, 1))):
             model, info = fit_ridge(Xk, Y[rows])
             models[f"{key}:{gender}"] = _rounded(model.to_json())
             cv[key][gender] = info
-    pooled = {}
-    for key in cv:
-        counts = {g: int((X[:, GENDER_COLUMN] == GENDER_VALUE[g]).sum()) for g in cv[key]}
-        total = sum(counts.values())
-        rmse = np.sqrt(sum(counts[g] * np.asarray(cv[key][g]["cv_rmse"]) ** 2 for g in cv[key]) / total)
-        pooled[key] = {"cv_rmse": rmse.round(4).tolist(), "by_gender": cv[key]}
+    pooled = {key: {"cv_rmse": np.sqrt(sum(counts[g] * np.asarray(by[g]["cv_rmse"]) ** 2 for g in by)
+                                      / sum(counts.values())).round(4).tolist(), "by_gender": by}
+              for key, by in cv.items()}
     return models, pooled["weight"], pooled["no_weight"]
 
 
