@@ -94,13 +94,14 @@ def run_fit_only(set_dir: Path, device: str = "cpu", fit=None, inputs: str = "ex
         for m in MEASUREMENTS:
             base_errs[m].append(abs(got[m] - t["measurements"][m]))
     per_case, errs = [], {m: [] for m in MEASUREMENTS}
-    for case, t, f in zip(cases, truths, fits):
+    for case, t, x, f in zip(cases, truths, typed, fits):
         v, kp = f.standard["apose"]
         got = measure(v, body.faces, kp)
         signed = {m: round(got[m] - t["measurements"][m], 2) for m in MEASUREMENTS}
         for m in MEASUREMENTS:
             errs[m].append(signed[m])
         per_case.append({"case": case.name, "error_cm": signed, "mass_kg": round(f.mass_kg, 1),
+                         "typed_weight_kg": x["weight_kg"], "true_weight_kg": t["weight_kg"],
                          "mask_iou": mask_iou(case, observed[case.name]["mask"]),
                          "scene": describe(t.get("scene")),
                          "truth_phenotypes": t["phenotypes"], "shape": f.shape[0].tolist(),
@@ -118,7 +119,20 @@ def run_fit_only(set_dir: Path, device: str = "cpu", fit=None, inputs: str = "ex
                          "min": round(float(np.min([c["mask_iou"] for c in per_case])), 4)},
             "baseline": {"mean": {m: round(float(np.mean(e)), 2) for m, e in base_errs.items()},
                          "max": {m: round(float(np.max(e)), 2) for m, e in base_errs.items()}},
-            "per_case": per_case}
+            "mass": mass_summary(per_case), "per_case": per_case}
+
+
+def mass_summary(per_case: list[dict]) -> dict:
+    """How far the fitted mass ended from the true weight (kg) and, where the typed weight was
+    off, the share of that error the photo took back (1: all of it, 0: none, below 0: the fit
+    moved further away). The girths follow the fitted mass (~0.5 cm per kg at a given height),
+    so this is the first thing to read when they move."""
+    d = [c["mass_kg"] - c["true_weight_kg"] for c in per_case]
+    off = [c for c in per_case if abs(c["typed_weight_kg"] - c["true_weight_kg"]) > 0.05]
+    back = [(c["typed_weight_kg"] - c["mass_kg"]) / (c["typed_weight_kg"] - c["true_weight_kg"]) for c in off]
+    return {"abs_error_kg_mean": round(float(np.mean(np.abs(d))), 2) if d else None,
+            "abs_error_kg_max": round(float(np.max(np.abs(d))), 2) if d else None,
+            "typed_error_taken_back": round(float(np.mean(back)), 2) if back else None}
 
 
 def mask_iou(case: Path, mask: np.ndarray) -> float:
@@ -137,10 +151,30 @@ def format_fit_only(r: dict, worst: int = 5) -> str:
                for m in MEASUREMENTS),
              f"mask IoU against the true silhouette: mean {r['mask_iou']['mean']:.3f}, min {r['mask_iou']['min']:.3f}",
              f"read as fitted clothes: {sum(c.get('clothing_read') == 'fitted' for c in r['per_case'])} of {r['cases']}",
+             *_mass_lines(r.get("mass")),
              "worst photos (chest/waist/hip error, cm; mask IoU) and what was unusual:"]
     girth = lambda c: max(abs(c["error_cm"][m]) for m in ("chest", "waist", "hip"))  # noqa: E731
     for c in sorted(r["per_case"], key=girth, reverse=True)[:worst]:
         e = c["error_cm"]
         lines.append(f"  {c['case']}: chest {e['chest']:+.1f} waist {e['waist']:+.1f} hip {e['hip']:+.1f}; "
-                     f"IoU {c['mask_iou']:.2f}{'; read as fitted' if c.get('clothing_read') == 'fitted' else ''} — {c['scene']}")
+                     f"IoU {c['mask_iou']:.2f}{_mass_note(c)}"
+                     f"{'; read as fitted' if c.get('clothing_read') == 'fitted' else ''} — {c['scene']}")
     return "\n".join(lines)
+
+
+def _mass_lines(m: dict | None) -> list[str]:
+    if not m or m.get("abs_error_kg_mean") is None:
+        return []
+    line = f"fitted mass - true weight: mean {m['abs_error_kg_mean']:.1f} kg, worst {m['abs_error_kg_max']:.1f} kg"
+    if m.get("typed_error_taken_back") is not None:
+        line += f"; the photo took back {100 * m['typed_error_taken_back']:.0f} % of the typed weight's error"
+    return [line]
+
+
+def _mass_note(c: dict) -> str:
+    """'; mass 66.1 kg (true 69.1)', with the typed weight where it was off."""
+    if "true_weight_kg" not in c:
+        return ""
+    typed = c["typed_weight_kg"]
+    off = f"typed {typed:.1f}, " if abs(typed - c["true_weight_kg"]) > 0.05 else ""
+    return f"; mass {c['mass_kg']:.1f} kg ({off}true {c['true_weight_kg']:.1f})"

@@ -91,7 +91,8 @@ def run_eval(set_dir: Path, device: str = "auto", log=print, fit=None, clothing:
                 truth = json.loads((case / "truth.json").read_text())
                 true_v = np.load(case / "truth_mesh.npz")["vertices"]
                 want = truth["measurements"]
-                item = {"case": case.name, "truth": want, "scene": describe(truth.get("scene"))}
+                item = {"case": case.name, "truth": want, "true_weight_kg": truth["weight_kg"],
+                        "scene": describe(truth.get("scene"))}
                 runs = {
                     "pipeline": Subject(truth["height_cm"], truth["gender"], truth["weight_kg"], clothing),
                     "pipeline, inputs off by ±2 cm/±5 kg": Subject(
@@ -168,7 +169,10 @@ def _worst(per_case: list[dict], k: int = 5) -> list[dict]:
             continue
         errs = {m: got[m] - c["truth"][m] for m in ("chest", "waist", "hip")}
         worst = max(errs, key=lambda m: abs(errs[m]))
-        scored.append((abs(errs[worst]), c, " ".join(f"{m} {e:+.1f}" for m, e in errs.items())))
+        text = " ".join(f"{m} {e:+.1f}" for m, e in errs.items())
+        if c.get("fitted_mass_kg") is not None and c.get("true_weight_kg") is not None:
+            text += f"; mass {c['fitted_mass_kg']:.1f} kg (true {c['true_weight_kg']:.1f})"
+        scored.append((abs(errs[worst]), c, text))
     scored.sort(key=lambda x: -x[0])
     return [{"case": c["case"], "errors": e, "scene": c.get("scene", "")} for _, c, e in scored[:k]]
 
