@@ -1,6 +1,7 @@
-"""The fit-only report says where the fitted mass ended: the girths follow it, so a regression
-is traced from there first."""
+"""The eval reports say where the fitted mass ended: the girths follow it, so a regression is
+traced from there first."""
 from inference.eval.fitonly import format_fit_only, mass_summary
+from inference.eval.report import _worst
 from inference.types import MEASUREMENTS
 
 
@@ -40,3 +41,18 @@ def test_inputs_off_report_the_share_of_the_typed_error_the_photo_took_back():
     text = format_fit_only(report(cases, "perturbed"))
     assert "the photo took back 10 % of the typed weight's error" in text
     assert "mass 54.0 kg (typed 55.0, true 60.0)" in text
+
+
+def test_the_full_runs_worst_photos_show_the_fitted_mass_and_a_failure_first():
+    truth = {"chest": 100.0, "waist": 80.0, "hip": 100.0}
+    per_case = [
+        {"case": "case_000", "truth": truth, "true_weight_kg": 70.0, "fitted_mass_kg": 67.5,
+         "pipeline": {"chest": 96.0, "waist": 80.5, "hip": 101.0}, "scene": "leaning"},
+        {"case": "case_001", "truth": truth, "true_weight_kg": 60.0, "fitted_mass_kg": 60.2,
+         "pipeline": {"chest": 100.5, "waist": 80.0, "hip": 100.0}, "scene": ""},
+        {"case": "case_002", "truth": truth, "pipeline": {"error": "no person found"}, "scene": ""},
+    ]
+    worst = _worst(per_case, k=2)
+    assert [w["case"] for w in worst] == ["case_002", "case_000"]
+    assert worst[0]["errors"].startswith("failed: no person found")
+    assert worst[1]["errors"] == "chest -4.0 waist +0.5 hip +1.0; mass 67.5 kg (true 70.0)"
