@@ -128,7 +128,7 @@ def mass_summary(per_case: list[dict]) -> dict:
     moved further away). The girths follow the fitted mass (~0.5 cm per kg at a given height),
     so this is the first thing to read when they move."""
     d = [c["mass_kg"] - c["true_weight_kg"] for c in per_case]
-    off = [c for c in per_case if abs(c["typed_weight_kg"] - c["true_weight_kg"]) > 0.05]
+    off = [c for c in per_case if _typed_off(c)]
     back = [(c["typed_weight_kg"] - c["mass_kg"]) / (c["typed_weight_kg"] - c["true_weight_kg"]) for c in off]
     return {"abs_error_kg_mean": round(float(np.mean(np.abs(d))), 2) if d else None,
             "abs_error_kg_max": round(float(np.max(np.abs(d))), 2) if d else None,
@@ -175,6 +175,10 @@ def _mass_note(c: dict) -> str:
     """'; mass 66.1 kg (true 69.1)', with the typed weight where it was off."""
     if "true_weight_kg" not in c:
         return ""
-    typed = c["typed_weight_kg"]
-    off = f"typed {typed:.1f}, " if abs(typed - c["true_weight_kg"]) > 0.05 else ""
+    off = f"typed {c['typed_weight_kg']:.1f}, " if _typed_off(c) else ""
     return f"; mass {c['mass_kg']:.1f} kg ({off}true {c['true_weight_kg']:.1f})"
+
+
+def _typed_off(c: dict) -> bool:
+    """Whether the weight typed for this photo was not its true one (``--inputs perturbed``)."""
+    return abs(c["typed_weight_kg"] - c["true_weight_kg"]) > 0.05

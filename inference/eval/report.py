@@ -170,7 +170,7 @@ def _worst(per_case: list[dict], k: int = 5) -> list[dict]:
         errs = {m: got[m] - c["truth"][m] for m in ("chest", "waist", "hip")}
         worst = max(errs, key=lambda m: abs(errs[m]))
         text = " ".join(f"{m} {e:+.1f}" for m, e in errs.items())
-        if c.get("fitted_mass_kg") is not None and c.get("true_weight_kg") is not None:
+        if c.get("fitted_mass_kg") is not None:
             text += f"; mass {c['fitted_mass_kg']:.1f} kg (true {c['true_weight_kg']:.1f})"
         scored.append((abs(errs[worst]), c, text))
     scored.sort(key=lambda x: -x[0])

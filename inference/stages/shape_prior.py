@@ -5,8 +5,9 @@ clothes'. How much wider than the body clothes usually are, and how muscle, fat,
 proportions show in a front silhouette, is learned here from the wide eval generator's renders
 (``avatar eval train-prior``; training seeds are disjoint from the dev, test, studio and calib
 splits): a ridge regression per gender from the photo's features (below) to the body model's
-free shape parameters, with the spread of its cross-validated errors ("other": both models). The fitter's stage C then pulls the
-shape toward the prediction by that spread instead of toward the population's middle. A second
+free shape parameters, with the spread of its cross-validated errors ("other": both models).
+The fitter's stage C then pulls the shape toward the prediction by that spread instead of
+toward the population's middle. A second
 regression from the same features predicts how far the clothes stand off the body (cm, each side)
 at the hips and under the arms: a silhouette shows whether the clothes hang loose (trousers wider
 than the legs inside them would be, a top that flares toward its hem) or follow the body, and
@@ -35,7 +36,7 @@ from inference.stages import widths as W
 
 PRIOR_FILE = Path(__file__).resolve().parents[1] / "bodies" / "anny_shape_prior.json"
 GENDER_VALUE = {"male": 0.0, "female": 1.0, "other": 0.5}
-GENDER_NAME = {0.0: "male", 1.0: "female"}
+GENDER_NAME = {v: k for k, v in GENDER_VALUE.items() if k != "other"}  # the models' genders
 GENDER_COLUMN = 1  # in ``photo_features``
 
 
