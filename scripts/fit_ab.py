@@ -6,8 +6,13 @@
     PYTHONPATH=CHECKOUT .venv/bin/python scripts/fit_ab.py fit /tmp/fit_targets.pkl --out A.npz [--runs N]
     # compare two outputs: max |Δ| of measurements (cm) and fitted shape parameters
     .venv/bin/python scripts/fit_ab.py compare A.npz B.npz
-    # torch.profiler table of one warm fit
+    # torch.profiler table of one warm fit (on a GPU: --device cuda, CUDA kernels and syncs too)
     PYTHONPATH=CHECKOUT .venv/bin/python scripts/fit_ab.py fit /tmp/fit_targets.pkl --profile
+    # where the fit waits for the device (host syncs), by line of inference/: on CUDA torch's sync
+    # debug mode; on a CPU the calls that would sync on a GPU (item, bool, float, tolist, numpy, ...)
+    PYTHONPATH=. .venv/bin/python scripts/fit_ab.py fit /tmp/fit_targets.pkl --syncs [--device cuda]
+    # the fit of N photos as one batch (the targets repeated), seconds per batch and per photo
+    PYTHONPATH=. .venv/bin/python scripts/fit_ab.py fit /tmp/fit_targets.pkl --device cuda --batch 16
 
 The ``fit`` command only uses the ``AnnyBody``/``Fitter``/``measure`` interfaces, so the same file
 runs against an older checkout. It loads the body model, fits the first target once (warm-up,
@@ -64,7 +69,63 @@ def prepare(out: Path) -> None:
     print(f"wrote {len(targets)} targets to {out}")
 
 
-def fit(targets_file: Path, out: Path | None, runs: int, profile: bool, only: str | None) -> None:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+SYNCING = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "nonzero",
+           "masked_select", "unique", "argwhere", "__array__", "any", "all"}
+
+
+def _where(frames) -> str:
+    """The innermost line of this project's inference/ code in a stack."""
+    for fr in reversed(frames):
+        if "/inference/" in fr.filename:
+            return f"{fr.filename.split('/inference/')[-1]}:{fr.lineno} {fr.name}"
+    return "(outside inference/)"
+
+
+def count_syncs(fn, device: str) -> dict[str, int]:
+    """Run ``fn`` and count where it syncs the host with the device, by line."""
+    import collections
+    import traceback
+    import warnings
+
+    counts: collections.Counter = collections.Counter()
+    if device.startswith("cuda"):
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        for w in caught:
+            if "synchroniz" in str(w.message):
+                counts[f"{Path(w.filename).name}:{w.lineno}"] += 1
+        return dict(counts)
+    from torch.overrides import TorchFunctionMode
+
+    class Spy(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            bool_index = (name == "__getitem__" and len(args) > 1 and isinstance(args[1], torch.Tensor)
+                          and args[1].dtype == torch.bool)
+            if name in SYNCING or bool_index:
+                stack = traceback.extract_stack()[:-1]
+                # Adam keeps its step counts on the CPU (not capturable): its item() never syncs
+                if "/torch/optim/" not in stack[-1].filename:
+                    counts[f"{_where(stack)} [{name}]"] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Spy():
+        fn()
+    return dict(counts)
+
+
+def fit(targets_file: Path, out: Path | None, runs: int, profile: bool, only: str | None,
+        device: str = "cpu", batch: int = 0, syncs: bool = False) -> None:
     from inference.bodies.anny_body import AnnyBody
     from inference.stages.fit import Fitter
     from inference.stages.measure import measure
@@ -73,30 +134,63 @@ def fit(targets_file: Path, out: Path | None, runs: int, profile: bool, only: st
     targets = pickle.loads(targets_file.read_bytes())
     if only:
         targets = [t for t in targets if t[0] == only]
-    body = AnnyBody(device="cpu")
+    body = AnnyBody(device=device)
     fitter = Fitter(body)
     fitter.fit([targets[0][1]])  # warm-up
+    if syncs:
+        counts = count_syncs(lambda: fitter.fit([targets[0][1]]), device)
+        for where, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+            print(f"{n:6d}  {where}")
+        print(f"host syncs in one fit ({targets[0][0]}, {device}): {sum(counts.values())} at {len(counts)} places")
+        return
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
 
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+        with torch_profile(activities=acts) as prof:
             t0 = time.perf_counter()
             fitter.fit([targets[0][1]])
-            print(f"profiled fit ({targets[0][0]}): {time.perf_counter() - t0:.2f} s")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
-        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
+            _sync(device)
+            print(f"profiled fit ({targets[0][0]}, {device}): {time.perf_counter() - t0:.2f} s")
+        avg = prof.key_averages()
+        print(avg.table(sort_by="self_cpu_time_total", row_limit=25))
+        if device.startswith("cuda"):
+            print(avg.table(sort_by="self_device_time_total", row_limit=20))
+            calls = {e.key: e.count for e in avg}
+            kernels = sum(e.count for e in avg if getattr(e, "device_type", None) is not None
+                          and str(e.device_type).endswith("CUDA"))
+            print(f"host syncs: cudaStreamSynchronize {calls.get('cudaStreamSynchronize', 0)}, "
+                  f"cudaDeviceSynchronize {calls.get('cudaDeviceSynchronize', 0)}, "
+                  f"cudaMemcpyAsync {calls.get('cudaMemcpyAsync', 0)}; launches "
+                  f"cudaLaunchKernel {calls.get('cudaLaunchKernel', 0)}; device events {kernels}")
+        else:
+            print(avg.table(sort_by="cpu_time_total", row_limit=25))
+        return
+    if batch:
+        many = [targets[k % len(targets)][1] for k in range(batch)]
+        fitter.fit(many)  # warm-up at this size
+        walls = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fitter.fit(many)
+            _sync(device)
+            walls.append(time.perf_counter() - t0)
+        med = float(np.median(walls))
+        print(f"batch {batch} on {device}: median {med:.3f} s per batch, {med / batch * 1000:.0f} ms per photo, "
+              f"{batch / med:.2f} fits/s ({runs} batches)", flush=True)
         return
     saved, times = {}, []
     for _ in range(runs):
         for name, target in targets:
             t0 = time.perf_counter()
             res = fitter.fit([target])[0]
+            _sync(device)
             times.append(time.perf_counter() - t0)
             verts, kp = res.standard["apose"]
             m = measure(verts, body.faces, kp)
-            saved[f"{name}/shape"] = res.shape[0].numpy().astype(np.float64)
-            saved[f"{name}/limbs"] = res.limbs[0].numpy().astype(np.float64)
+            saved[f"{name}/shape"] = res.shape[0].cpu().numpy().astype(np.float64)
+            saved[f"{name}/limbs"] = res.limbs[0].cpu().numpy().astype(np.float64)
             saved[f"{name}/scale"] = np.float64(res.scale)
             saved[f"{name}/mass"] = np.float64(res.mass_kg)
             saved[f"{name}/measure_names"] = np.array(sorted(m))
@@ -137,6 +231,9 @@ def main() -> int:
     f.add_argument("--runs", type=int, default=1)
     f.add_argument("--profile", action="store_true")
     f.add_argument("--only", help="fit only the target of this name (bus, athletic_man, heavy_woman)")
+    f.add_argument("--device", default="cpu", help="cpu | cuda:N")
+    f.add_argument("--batch", type=int, default=0, help="fit the targets repeated to this many as one batch")
+    f.add_argument("--syncs", action="store_true", help="count the fit's host syncs by line (see above)")
     f.add_argument("--threads", type=int, default=0,
                    help="torch threads (0: torch's default); 1 keeps A/B runs on a shared machine steady")
     c = sub.add_parser("compare")
@@ -148,7 +245,7 @@ def main() -> int:
     if args.cmd == "prepare":
         prepare(args.out)
     elif args.cmd == "fit":
-        fit(args.targets, args.out, args.runs, args.profile, args.only)
+        fit(args.targets, args.out, args.runs, args.profile, args.only, args.device, args.batch, args.syncs)
     else:
         return compare(args.a, args.b)
     return 0

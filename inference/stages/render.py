@@ -56,6 +56,10 @@ def configure_gl_platform(device: str) -> str:
     """
     if "PYOPENGL_PLATFORM" not in os.environ:
         os.environ["PYOPENGL_PLATFORM"] = "egl" if str(device).startswith("cuda") else "osmesa"
+    if os.environ["PYOPENGL_PLATFORM"] == "egl":
+        # pyrender imports pyglet, whose GL module loads X11's libraries unless headless (a GPU
+        # image has none: "'NoneType' object has no attribute 'XRenderFindVisualFormat'")
+        os.environ.setdefault("PYGLET_HEADLESS", "1")
     return os.environ["PYOPENGL_PLATFORM"]
 
 
@@ -76,12 +80,47 @@ def prepare_gl_platform(device: str, say: Callable[[str], None] | None = None) -
         return platform
     ok, why = probe_egl()
     if not ok:
+        if not osmesa_available():  # a fallback that cannot render would fail every job later
+            raise RuntimeError(f"cannot render: EGL failed on EGL device {os.environ.get('EGL_DEVICE_ID', 0)} "
+                               f"({why}) and OSMesa, the CPU fallback, is not installed (Debian/Ubuntu: "
+                               "apt-get install libosmesa6). For GPU rendering the container needs "
+                               "NVIDIA_DRIVER_CAPABILITIES with 'graphics' and NVIDIA's EGL")
         os.environ["PYOPENGL_PLATFORM"] = "osmesa"
         (say or log.warning)(f"EGL rendering failed on EGL device {os.environ.get('EGL_DEVICE_ID', 0)} "
                              f"({why}): falling back to OSMesa (CPU rendering, slower). For GPU rendering "
                              "the container needs NVIDIA_DRIVER_CAPABILITIES with 'graphics' and NVIDIA's EGL")
         return "osmesa"
     return platform
+
+
+def osmesa_available() -> bool:
+    """Whether OSMesa's library can be found (the CPU fallback when EGL cannot render)."""
+    import ctypes.util
+
+    return ctypes.util.find_library("OSMesa") is not None
+
+
+def keep_egl_display() -> None:
+    """pyrender's EGL platform ends each context with ``eglTerminate`` of its display, and every
+    context on one GPU shares that display: deleting one renderer (a viewport evicted, a closed
+    ``Renderer``) breaks all the others at their next ``eglMakeCurrent`` (EGL_BAD_CONTEXT or
+    EGL_NOT_INITIALIZED). Seen on an H200 and with Mesa's EGL on a CPU. From the first call on,
+    deleting a context destroys that context alone; the display lives as long as the process."""
+    from pyrender.platforms import egl
+
+    if getattr(egl.EGLPlatform.delete_context, "keeps_display", False):
+        return
+
+    def delete_context(self) -> None:
+        from OpenGL.EGL import eglDestroyContext
+
+        if self._egl_display is not None and self._egl_context is not None:
+            eglDestroyContext(self._egl_display, self._egl_context)
+        self._egl_context = None
+        self._egl_display = None
+
+    delete_context.keeps_display = True
+    egl.EGLPlatform.delete_context = delete_context
 
 
 def probe_egl(timeout_s: float = 120.0) -> tuple[bool, str]:
@@ -344,6 +383,8 @@ class Renderer:
     def _offscreen(self, width: int, height: int):
         import pyrender
 
+        if self.platform == "egl":
+            keep_egl_display()
         key = (int(width), int(height))
         r = self._renderers.get(key)
         if r is None:
