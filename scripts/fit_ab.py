@@ -112,6 +112,15 @@ def count_syncs(fn, device: str) -> dict[str, int]:
             name = getattr(func, "__name__", "")
             bool_index = (name == "__getitem__" and len(args) > 1 and isinstance(args[1], torch.Tensor)
                           and args[1].dtype == torch.bool)
+            # data made on the host and copied in: on a GPU a copy from pageable memory waits
+            # for the stream first (torch.tensor of Python numbers, numpy arrays, .to(device))
+            h2d = (name in ("tensor", "as_tensor", "from_numpy") and kwargs and kwargs.get("device") is not None
+                   and not isinstance(args[0] if args else None, torch.Tensor)) or \
+                  (name == "to" and (any(isinstance(a, (str, torch.device)) for a in args[1:]) or
+                                     (kwargs or {}).get("device") is not None))
+            if h2d:
+                stack = traceback.extract_stack()[:-1]
+                counts[f"{_where(stack)} [{name}: host data to the device]"] += 1
             if name in SYNCING or bool_index:
                 stack = traceback.extract_stack()[:-1]
                 # Adam keeps its step counts on the CPU (not capturable): its item() never syncs

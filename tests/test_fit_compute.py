@@ -325,3 +325,104 @@ def test_the_monotone_solve_finds_each_rows_root_in_fewer_calls_than_a_bisection
     assert solve_monotone(lambda r, x: g(r, x), 500.0, 5, torch.float32, "cpu").eq(1.0).all()
     # the body forwards it ran (rows summed) against a bisection's 8 calls of all 5 rows
     assert len(calls) <= 7 and sum(calls) < 8 * 5
+
+
+def test_drive_answers_every_waiting_solver_in_one_call_and_each_ends_on_its_own():
+    from inference.stages.fit import drive
+
+    def solver(name, steps):
+        total = 0
+        for k in range(steps):
+            total += yield (name, k)
+        return name, total
+
+    calls = []
+
+    def answer(asked):
+        calls.append(sorted(asked))
+        return {j: 10 * j + req[1] for j, req in asked.items()}
+
+    out = drive([solver("a", 3), solver("b", 0), solver("c", 1)], answer)
+    assert out == [("a", 0 + 1 + 2), ("b", 0), ("c", 20)]
+    assert calls == [[0, 2], [0], [0]]  # "b" asked nothing; "c" ended after its first answer
+
+
+def test_stage_c_rows_of_two_photos_in_one_forward_are_each_photos_own(anny_body):
+    """Stage C serves several photos' candidates with one forward (``_posed_camera_rows``: a
+    pose, camera and height per row): each photo's rows as its own call gives them."""
+    from inference.stages.fit import Fitter
+
+    fitter = Fitter(anny_body)
+    gen = torch.Generator().manual_seed(1)
+    X = anny_body.clamp_shape(torch.rand(6, 6, generator=gen))
+    stand = anny_body.standard_pose(X[:1], "apose")[0]
+    poses = [stand + 0.05 * torch.randn(stand.shape, generator=gen) for _ in range(2)]
+    rots = [torch.tensor([0.1, 0.2, 0.05]), torch.tensor([-0.05, 0.0, 0.1])]
+    transes = [torch.tensor([0.0, 0.1, 3.0]), torch.tensor([0.2, -0.1, 2.5])]
+    heights = (1.75, 1.62)
+    with torch.no_grad():
+        rows = fitter._posed_camera_rows(
+            X, torch.stack([poses[0]] * 3 + [poses[1]] * 3), stand[None].expand(6, -1, -1),
+            torch.stack([rots[0]] * 3 + [rots[1]] * 3), torch.stack([transes[0]] * 3 + [transes[1]] * 3)[:, None],
+            torch.tensor([heights[0]] * 3 + [heights[1]] * 3))
+        for k in range(2):
+            st, scale, mass, to_cam = fitter._posed_camera(X[3 * k:3 * k + 3], poses[k], stand, rots[k],
+                                                           transes[k], heights[k])
+            part = slice(3 * k, 3 * k + 3)
+            assert (rows[0].vertices[part] - st.vertices).abs().max() <= 1e-6
+            assert torch.allclose(rows[1][part], scale, rtol=1e-6, atol=0)
+            assert torch.allclose(rows[2][part], mass, rtol=5e-6, atol=0)
+            cam = rows[3](rows[0].vertices)[part]
+            assert (cam - to_cam(st.vertices)).abs().max() <= 1e-5
+
+
+def test_constants_of_the_fits_loops_are_made_once_per_device_and_dtype():
+    """On a GPU each ``torch.tensor(numbers, device=...)`` is a copy that waits for the stream
+    (a host sync per call of the fit's inner loops); ``on_device`` makes each constant once."""
+    from inference.bodies.base import on_device
+
+    a = on_device((1.0, 2.0, 3.0), "cpu", torch.float32)
+    assert a is on_device((1.0, 2.0, 3.0), torch.device("cpu"), torch.float32)
+    assert a.tolist() == [1.0, 2.0, 3.0] and a.dtype == torch.float32
+    b = on_device((1.0, 2.0, 3.0), "cpu", torch.float64)
+    assert b is not a and b.dtype == torch.float64
+    assert on_device(((1.0, 0.0), (0.0, -1.0)), "cpu", torch.float32).shape == (2, 2)
+
+
+def test_the_fits_loops_copy_no_host_data_to_the_device(pipeline, bus_jpg, tmp_path):
+    """Counted the way ``scripts/fit_ab.py fit --syncs`` counts on a CPU: data made on the host
+    and copied in (``torch.tensor`` of numbers with a device, ``.to(device)``), by the line of
+    inference/ that asked. One fit of a real photo copies at setup, not at every step (70 stage-B
+    steps, each with the shape prior and the detector's keypoint offsets; stage C's requests)."""
+    import collections
+    import traceback
+
+    from torch.overrides import TorchFunctionMode
+
+    from inference.pipeline import Job
+    from inference.stages.fit import Fitter, FitTarget
+    from inference.types import Subject
+
+    job = Job(bus_jpg, Subject(180, "male", 75), tmp_path / "unused")
+    seen = pipeline.observe([job])
+    photo, person, mask = seen["photos"][0], seen["subjects"][0], seen["masks"][0]
+    target = FitTarget(job.subject, (photo.image.shape[1], photo.image.shape[0]), person.keypoints, mask,
+                       photo.focal_35mm)
+    counts = collections.Counter()
+
+    class Spy(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            kwargs = kwargs or {}
+            if (name in ("tensor", "as_tensor") and kwargs.get("device") is not None) or \
+                    (name == "to" and (any(isinstance(a, (str, torch.device)) for a in args[1:])
+                                       or kwargs.get("device") is not None)):
+                where = next((f"{fr.filename}:{fr.lineno}" for fr in reversed(traceback.extract_stack()[:-1])
+                              if "/inference/" in fr.filename), "?")
+                counts[where] += 1
+            return func(*args, **kwargs)
+
+    fitter = Fitter(pipeline.body_for("male"))
+    with Spy():
+        fitter.fit([target])
+    assert counts and max(counts.values()) <= 8, counts.most_common(3)

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from inference.bodies.base import LIMBS, BodyModel, BodyState
+from inference.bodies.base import LIMBS, BodyModel, BodyState, on_device
 from inference.bodies.sparse import SparseProduct, remembered, to_csr
 from inference.types import Subject
 
@@ -154,9 +154,8 @@ class AnnyBody(BodyModel):
         return mask
 
     def shape_prior(self, shape: torch.Tensor, subject: Subject) -> torch.Tensor:
-        mid = torch.tensor([GENDER_VALUE[subject.gender], DEFAULT_AGE, 0.5, 0.5, 0.5, 0.5],
-                           device=shape.device, dtype=shape.dtype)
-        w = torch.tensor([0.0, 4.0, 0.3, 0.3, 0.0, 1.0], device=shape.device, dtype=shape.dtype)
+        mid = on_device((GENDER_VALUE[subject.gender], DEFAULT_AGE, 0.5, 0.5, 0.5, 0.5), shape.device, shape.dtype)
+        w = on_device((0.0, 4.0, 0.3, 0.3, 0.0, 1.0), shape.device, shape.dtype)
         return ((shape - mid) ** 2 * w).sum(-1)
 
     # ---- geometry -------------------------------------------------------------------------

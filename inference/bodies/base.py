@@ -20,6 +20,20 @@ import torch
 
 from inference.types import COCO_SIDE, Subject
 
+_ON_DEVICE: dict = {}
+
+
+def on_device(values: tuple, device, dtype: torch.dtype) -> torch.Tensor:
+    """A constant tensor of Python numbers (nested tuples) on ``device``, made once per device and
+    dtype. On a GPU, ``torch.tensor(numbers, device=...)`` copies from pageable host memory,
+    which first waits for everything queued on the stream: inside the fit's loops that is a host
+    sync per call. Shared: never modify the result."""
+    key = (values, str(device), dtype)
+    out = _ON_DEVICE.get(key)
+    if out is None:
+        out = _ON_DEVICE.setdefault(key, torch.tensor(values, dtype=dtype).to(device))
+    return out
+
 LIMBS = (
     "spine", "neck",
     "left_upper_arm", "right_upper_arm", "left_forearm", "right_forearm",
@@ -145,10 +159,10 @@ class BodyModel(ABC):
         side, up = +Y), scaled by the body's own torso length."""
         if self.detector_offsets is None:
             return keypoints
-        off = torch.as_tensor(self.detector_offsets, device=keypoints.device, dtype=keypoints.dtype)
+        off = on_device(self.detector_offsets, keypoints.device, keypoints.dtype)
         torso = (0.5 * (keypoints[:, L_SHOULDER] + keypoints[:, R_SHOULDER])
                  - 0.5 * (keypoints[:, L_HIP] + keypoints[:, R_HIP])).norm(dim=-1)  # (B,)
-        side = torch.tensor(COCO_SIDE, device=keypoints.device, dtype=keypoints.dtype)
+        side = on_device(COCO_SIDE, keypoints.device, keypoints.dtype)
         shift = torch.zeros_like(keypoints)
         shift[..., 0] = off[:, 0] * side
         shift[..., 1] = off[:, 1]

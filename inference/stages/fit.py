@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from inference.bodies.base import LIMB, LIMBS, BodyModel, rotvec_to_matrix
+from inference.bodies.base import LIMB, LIMBS, BodyModel, on_device, rotvec_to_matrix
 from inference.bodies.sparse import remembered, to_csr
 from inference.stages import widths as W
 from inference.stages.detect import crossed_sides
@@ -51,7 +51,8 @@ DEFAULT_FOCAL_35MM = 50.0
 KEYPOINT_MIN_CONF = 0.3
 N_CLOTH = 2  # stage C's clothes offsets: at the hips, under the arms
 CLOTH_STARTS = ((0.0, 0.0), (1.5, 1.5), (2.5, 1.0))  # cm; where stage C's coarse search tries them
-FLIP = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])  # body → camera, facing it
+FLIP_ROWS = ((1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, -1.0))
+FLIP = torch.tensor(FLIP_ROWS)  # body → camera, facing it
 
 # soft joint limits on the limb axis-angles, in body axes (radians): (min, max) per xyz
 LIMB_LIMITS = {
@@ -615,12 +616,18 @@ class Fitter:
             for round_ in range(cfg.rounds):
                 if round_:  # the pose and camera again, for the shape stage C found
                     _, limbs, rot, trans = stage_b(sh, limbs, rot, trans, cfg.refit_iterations, False)
-                # -- stage C: the shape alone, pose and camera kept, on the trunk's width profile
-                for i, t in enumerate(targets):
-                    sh[i], info = self._solve_shape(
-                        sh[i], free[i], subjects[i], t, limbs[i], apose[i], rot[i], trans[i], Kt[i],
-                        float(heights[i]), float(weights[i]) if bool(has_w[i]) else None, learned[i],
-                        reads[i] if round_ == 0 else None)
+                # -- stage C: the shape alone, pose and camera kept, on the trunk's width profile;
+                # every photo's solver runs in step with the others, and one body forward serves
+                # what all of them ask for at each step (a GPU pays per launch, not per row)
+                photos: dict[int, _StageCPhoto] = {}
+                solvers = [self._solve_shape(
+                    i, photos, sh[i], free[i], subjects[i], t, limbs[i], apose[i], rot[i], trans[i], Kt[i],
+                    float(heights[i]), float(weights[i]) if bool(has_w[i]) else None, learned[i],
+                    reads[i] if round_ == 0 else None) for i, t in enumerate(targets)]
+                with torch.no_grad():
+                    solved = drive(solvers, lambda asked: self._answer(asked, photos))
+                for i, (x, info) in enumerate(solved):
+                    sh[i] = x
                     solve_info[i].update(info)
 
         with torch.no_grad():
@@ -670,42 +677,53 @@ class Fitter:
         (3,)); ``stand`` (L, 3): the standing A-pose's limbs (height and mass): → (state,
         scale (N,), mass (N,), to_cam) with ``to_cam`` mapping (N, P, 3) body points to the
         camera frame as the fit does (pelvis-centred, scaled to the height)."""
-        body = self.body
         n = shape.shape[0]
-        st = body.posed(shape, limbs[None].expand(n, -1, -1))
-        scale, mass = self._scale_and_mass(self._standing(shape, stand), height_m)
+        return self._posed_camera_rows(shape, limbs[None].expand(n, -1, -1), stand[None].expand(n, -1, -1),
+                                       rot[None], trans, height_m)
+
+    def _posed_camera_rows(self, shape: torch.Tensor, limbs: torch.Tensor, stand: torch.Tensor,
+                           rot: torch.Tensor, trans: torch.Tensor, height_m):
+        """``_posed_camera`` with a pose, camera and height per row (several photos' candidates
+        in one forward): limbs and stand (N, L, 3), rot (N, 3) or (1, 3), trans (N, 1, 3) or
+        (3,), height_m (N,) or one number."""
+        st = self.body.posed(shape, limbs)
+        scale, mass = self._scale_and_mass(self.body.posed(shape, stand).vertices, height_m)
         pelvis = 0.5 * (st.keypoints[:, 11] + st.keypoints[:, 12])
-        R = rotvec_to_matrix(rot[None]) @ FLIP.to(shape.device, shape.dtype)
+        R = rotvec_to_matrix(rot) @ on_device(FLIP_ROWS, shape.device, shape.dtype)
 
         def to_cam(x):
             return ((x - pelvis[:, None]) * scale[:, None, None]) @ R.transpose(1, 2) + trans
 
         return st, scale, mass, to_cam
 
-    @torch.no_grad()
-    def _solve_shape(self, shape, free, subject: Subject, target: FitTarget, limbs, stand, rot, trans,
-                     K, height_m: float, weight_kg: float | None, learned=None,
-                     read=None) -> tuple[torch.Tensor, dict]:
+    def _solve_shape(self, index: int, photos: dict, shape, free, subject: Subject, target: FitTarget,
+                     limbs, stand, rot, trans, K, height_m: float, weight_kg: float | None, learned=None,
+                     read=None):
         """Stage C: Levenberg-Marquardt on the free shape parameters of one photo (and, with
         ``cloth_gap``, the clothes' two offsets), pose and camera fixed, on
         ``_shape_residuals``. Few parameters and a stiff mass term: a (finite-difference)
-        Gauss-Newton step follows the constant-mass valley where a first-order optimiser crawls."""
-        residuals, info = self._shape_residuals(shape, subject, target, limbs, stand, rot, trans, K,
-                                                height_m, weight_kg, learned, read)
-        if residuals is None:
+        Gauss-Newton step follows the constant-mass valley where a first-order optimiser crawls.
+        A generator (run by ``drive``): it yields what it needs evaluated, ``("res", P)``
+        (residuals of candidates P) or ``("mass", X)``, for the photo it registers in
+        ``photos[index]``, and returns (shape, info)."""
+        photo, info = self._shape_residuals(shape, subject, target, limbs, stand, rot, trans, K,
+                                            height_m, weight_kg, learned, read)
+        if photo is None:
             return shape, info
+        photos[index] = photo
         n_shape = shape.shape[0]
         extra = None
         if learned is not None:  # the prediction itself is a start too
             extra = shape[None].clone()
             extra[0, self.prior_idx] = learned[0]
             extra = self.body.clamp_shape(extra)
-        start = self._coarse_start(residuals, shape, free, stand, height_m, weight_kg, extra)
+        start = yield from self._coarse_start(shape, free, height_m, weight_kg, extra)
         free_idx = torch.nonzero(free > 0).flatten()
         if self.config.cloth_gap:
             free_idx = torch.cat([free_idx, n_shape + torch.arange(N_CLOTH, device=free_idx.device)])
-        x, cost0, cost = levenberg_marquardt(residuals, start, free_idx, self._clamp_params,
-                                             self.config.shape_iterations)
+        x, cost0, cost = yield from _asking(
+            levenberg_marquardt_steps(start, free_idx, self._clamp_params, self.config.shape_iterations),
+            lambda P: ("res", P))
         info.update(width_cost_first=round(cost0, 3), width_cost_last=round(cost, 3))
         if self.config.cloth_gap:
             info["cloth_gap_cm"] = [round(float(g), 2) for g in x[n_shape:]]
@@ -719,14 +737,13 @@ class Fitter:
         out[:, n_shape:] = X[:, n_shape:].clamp(0.0, self.config.cloth_max_cm)
         return out
 
-    @torch.no_grad()
-    def _coarse_start(self, residuals, shape, free, stand, height_m: float, weight_kg: float | None,
+    def _coarse_start(self, shape, free, height_m: float, weight_kg: float | None,
                       extra: torch.Tensor | None = None):
         """The best of a few candidates for stage C to start from: the shape so far and, where
         the body model names a ``mass_search`` pair (Anny: muscle, weight), a grid over the first
         with the second solved (bisection) for the typed mass. The mass surface is only piecewise
         smooth (Anny interpolates between extreme bodies), so a local solver started on one side
-        of a kink does not see a better valley on the other."""
+        of a kink does not see a better valley on the other. A generator, as ``_solve_shape``."""
         body = self.body
         gaps = torch.tensor(CLOTH_STARTS, device=shape.device, dtype=shape.dtype)
         if not self.config.cloth_gap:
@@ -738,29 +755,79 @@ class Fitter:
 
         def best(X):
             X = with_gaps(X)
-            return X[int(torch.argmin((residuals(X) ** 2).sum(1)))]
+            R = yield ("res", X)
+            return X[int(torch.argmin((R ** 2).sum(1)))]
 
         first = shape[None] if extra is None else torch.cat([shape[None], extra])
         if body.mass_search is None or not all(bool(free[i] > 0) for i in body.mass_search):
-            return best(first)
+            return (yield from best(first))
         a, b = body.mass_search
         grid = torch.linspace(0.0, 1.0, self.config.coarse_grid, device=shape.device, dtype=shape.dtype)
         X = shape[None].repeat(len(grid), 1)
         X[:, a] = grid
         if weight_kg is not None:
-            X[:, b] = solve_monotone(
-                lambda rows, v: self._mass(body.clamp_shape(_with_column(X[rows], b, v)), stand, height_m),
-                weight_kg, len(grid), X.dtype, X.device)
-        return best(torch.cat([first, body.clamp_shape(X)]))
+            X[:, b] = yield from _asking(
+                solve_monotone_steps(weight_kg, len(grid), X.dtype, X.device),
+                lambda ask: ("mass", body.clamp_shape(_with_column(X[ask[0]], b, ask[1]))))
+        return (yield from best(torch.cat([first, body.clamp_shape(X)])))
 
-    def _mass(self, shape: torch.Tensor, stand: torch.Tensor, height_m: float) -> torch.Tensor:
-        """(N, S) → (N,) kg at the given standing height."""
-        return self._scale_and_mass(self._standing(shape, stand), height_m)[1]
+    @torch.no_grad()
+    def _answer(self, asked: dict[int, tuple], photos: dict) -> dict[int, torch.Tensor]:
+        """What stage C's solvers asked for (``drive``), one body forward per kind for all photos:
+        ``("res", P)`` → residuals (N, R); ``("mass", X)`` → kg (N,) of the standing bodies."""
+        out: dict[int, torch.Tensor] = {}
+        res = {j: a[1] for j, a in asked.items() if a[0] == "res"}
+        mass = {j: a[1] for j, a in asked.items() if a[0] == "mass"}
+        if res:
+            out.update(self._residuals_of(res, photos))
+        if mass:
+            heights = self._rows([(photos[j].height_m, len(X)) for j, X in mass.items()])
+            stand = torch.cat([photos[j].stand[None].expand(len(X), -1, -1) for j, X in mass.items()])
+            kg = self._scale_and_mass(self.body.posed(torch.cat(list(mass.values())), stand).vertices, heights)[1]
+            for j, part in zip(mass, kg.split([len(X) for X in mass.values()])):
+                out[j] = part
+        return out
 
-    def _standing(self, shape: torch.Tensor, stand: torch.Tensor) -> torch.Tensor:
-        """(N, S) shapes, (L, 3) limbs of the standing A-pose → (N, V, 3) the meshes that are
-        measured and exported, on which height and mass are defined."""
-        return self.body.posed(shape, stand[None].expand(shape.shape[0], -1, -1)).vertices
+    def _rows(self, values: list[tuple[float, int]]):
+        """One number per row: a plain number where all rows share it (one photo: the same
+        arithmetic as before stage C ran several photos together), else a tensor (N,)."""
+        if len({v for v, _ in values}) == 1:
+            return values[0][0]
+        b = self.body
+        return torch.cat([torch.full((n,), float(v), dtype=b.dtype, device=b.device) for v, n in values])
+
+    def _residuals_of(self, asked: dict[int, torch.Tensor], photos: dict) -> dict[int, torch.Tensor]:
+        """Residuals of each photo's candidates (``_StageCPhoto.residuals``) from one forward:
+        candidates that differ only in the clothes' offsets (the coarse search's gap starts, the
+        Jacobian's cloth columns) share a row."""
+        parts = []
+        for j, P in asked.items():
+            shapes, inverse = distinct_rows(P[:, :photos[j].n_shape])
+            parts.append((j, P, shapes, inverse))
+        p0 = photos[parts[0][0]]
+        if len(parts) == 1:  # one photo: its pose, camera and height as they are
+            st, scale, mass, to_cam = self._posed_camera(parts[0][2], p0.limbs, p0.stand, p0.rot, p0.trans,
+                                                         p0.height_m)
+        else:
+            X = torch.cat([q[2] for q in parts])
+
+            def per_row(get):
+                return torch.cat([get(photos[j]).expand(len(sh), *get(photos[j]).shape[1:])
+                                  for j, _, sh, _ in parts])
+
+            heights = self._rows([(photos[j].height_m, len(sh)) for j, _, sh, _ in parts])
+            st, scale, mass, to_cam = self._posed_camera_rows(
+                X, per_row(lambda p: p.limbs[None]), per_row(lambda p: p.stand[None]),
+                per_row(lambda p: p.rot[None]), per_row(lambda p: p.trans[None, None]), heights)
+        v_cam = to_cam(st.vertices)
+        out, at = {}, 0
+        for j, P, shapes, inverse in parts:
+            k = len(shapes)
+            p = photos[j]
+            out[j] = p.residuals(P, p.project(v_cam[at:at + k])[inverse], scale[at:at + k][inverse],
+                                 mass[at:at + k][inverse])
+            at += k
+        return out
 
     def _scale_and_mass(self, standing: torch.Tensor, height_m) -> tuple[torch.Tensor, torch.Tensor]:
         """Standing meshes (N, V, 3) → (scale (N,) that makes them ``height_m`` tall, mass (N,)
@@ -789,13 +856,13 @@ class Fitter:
     @torch.no_grad()
     def _shape_residuals(self, shape, subject: Subject, target: FitTarget, limbs, stand, rot, trans,
                          K, height_m: float, weight_kg: float | None, learned=None, read=None):
-        """The residuals stage C minimises, as a function of candidate shapes (N, S) → (N, R):
-        the trunk's width in each trusted band against the mask's (``widths``; read against the
-        body's pixel height), the mass against the typed weight, the stature against the shape's
-        own (``BodyModel.natural_height``) and the shape prior. The bands
-        and the mask's widths are read once, with the body as fitted so far. None when the mask
-        has too few trusted bands. ``read``: ``_read_widths`` of this shape and pose, when
-        already made."""
+        """The residuals stage C minimises for one photo (its ``_StageCPhoto``'s, of candidate
+        shapes (N, S) and their bodies → (N, R)): the trunk's width in each trusted band against
+        the mask's (``widths``; read against the body's pixel height), the mass against the
+        typed weight, the stature against the shape's own (``BodyModel.natural_height``) and the
+        shape prior. The bands and the mask's widths are read once, with the body as fitted so
+        far: → (the photo's ``_StageCPhoto``, info), None for the first when the mask has too
+        few trusted bands. ``read``: ``_read_widths`` of this shape and pose, when already made."""
         cfg, body = self.config, self.body
 
         def project(x):
@@ -830,14 +897,8 @@ class Fitter:
         if subject.clothing == "fitted":
             cloth_mean = cfg.fitted_cloth_mean_cm
 
-        def residuals(P):  # (N, S + N_CLOTH) → (N, R)
+        def residuals(P, uv, scale, mass):  # (N, S + N_CLOTH) and their bodies → (N, R)
             X, gap = P[:, :n_shape], P[:, n_shape:]
-            # candidates that differ only in the clothes' offsets (the coarse search's gap
-            # starts, the Jacobian's cloth columns) share one body forward
-            shapes, inverse = distinct_rows(X)
-            st, scale, mass, to_cam = self._posed_camera(shapes, limbs, stand, rot, trans, height_m)
-            uv = project(to_cam(st.vertices))[inverse]
-            scale, mass = scale[inverse], mass[inverse]
             lo, hi = W.band_extents(uv[:, self.trunk_idx], edges)
             width = (hi - lo)[:, valid] + bias
             if cfg.widths_relative:  # read against the body's height in pixels, not the camera distance
@@ -860,7 +921,7 @@ class Fitter:
                 res.append(torch.sqrt(cfg.w_shape_solve_prior * prior + 1e-12)[:, None])
             return torch.cat(res, 1)
 
-        return residuals, info
+        return _StageCPhoto(limbs, stand, rot, trans, height_m, n_shape, project, residuals), info
 
     @torch.no_grad()
     def _prior_features(self, shape, free, subject: Subject, target: FitTarget, read) -> np.ndarray | None:
@@ -928,18 +989,81 @@ def _with_column(X: torch.Tensor, col: int, values: torch.Tensor) -> torch.Tenso
     return out
 
 
+@dataclass
+class _StageCPhoto:
+    """One photo's part of stage C: its pose, camera and height, its projection and its
+    residuals of candidates given their bodies (``Fitter._shape_residuals``)."""
+    limbs: torch.Tensor
+    stand: torch.Tensor
+    rot: torch.Tensor
+    trans: torch.Tensor
+    height_m: float
+    n_shape: int
+    project: object  # (N, P, 3) camera-frame points → (N, P, 2) pixels
+    residuals: object  # (P (N, S + N_CLOTH), uv (N, V, 2), scale (N,), mass (N,)) → (N, R)
+
+
+def drive(solvers: list, answer) -> list:
+    """Run generator solvers in step: each yields what it needs evaluated and is sent the answer;
+    ``answer({index: request})`` answers every solver waiting at once (one batched call where
+    one solver's request would be one call each) → {index: answer}. → each solver's result."""
+    out: list = [None] * len(solvers)
+    waiting: dict = {}
+    for j, g in enumerate(solvers):
+        try:
+            waiting[j] = next(g)
+        except StopIteration as stop:
+            out[j] = stop.value
+    while waiting:
+        answers = answer(waiting)
+        for j in list(waiting):
+            try:
+                waiting[j] = solvers[j].send(answers[j])
+            except StopIteration as stop:
+                out[j] = stop.value
+                del waiting[j]
+    return out
+
+
+def _asking(solver, ask):
+    """``yield from`` a solver, each of its requests turned into ``ask(request)``."""
+    try:
+        request = next(solver)
+        while True:
+            request = solver.send((yield ask(request)))
+    except StopIteration as stop:
+        return stop.value
+
+
+def _run(solver, answer):
+    """A generator solver run alone, each request answered by ``answer(request)``."""
+    try:
+        request = next(solver)
+        while True:
+            request = solver.send(answer(request))
+    except StopIteration as stop:
+        return stop.value
+
+
 def solve_monotone(f, target: float, n: int, dtype, device, tol: float = 0.05,
                    iterations: int = 6) -> torch.Tensor:
+    """``solve_monotone_steps`` with ``f(rows, v)`` answering each request."""
+    return _run(solve_monotone_steps(target, n, dtype, device, tol, iterations), lambda ask: f(*ask))
+
+
+def solve_monotone_steps(target: float, n: int, dtype, device, tol: float = 0.05,
+                         iterations: int = 6):
     """``n`` roots in [0, 1] of ``f_i(v) = target`` for increasing ``f_i``, ``f(rows, v)``
     giving ``f_i(v_i)`` for the (k,) ``rows`` at (k,) values (batched), by false position with
     the Illinois rule; where ``target`` lies outside [f(0), f(1)], the nearer end. The first call
     (at 3n) takes 0, 0.5 and 1, so the search goes on in one half; then it stops once every
     |f(v) - target| < ``tol`` or after ``iterations`` more calls (only the rows still open).
     Stage C's mass search: Anny's mass is smooth in the weight phenotype on each side of its
-    middle anchor (0.5), so this takes 2-4 calls where a bisection to the same precision took 8."""
+    middle anchor (0.5), so this takes 2-4 calls where a bisection to the same precision took 8.
+    A generator: it yields each call's (rows, values) and is sent f's answer."""
     zero = torch.zeros(n, dtype=dtype, device=device)
     every = torch.arange(n, device=device)
-    f0, f_mid, f1 = (f(every.repeat(3), torch.cat([zero, zero + 0.5, zero + 1.0])) - target).view(3, n)
+    f0, f_mid, f1 = ((yield every.repeat(3), torch.cat([zero, zero + 0.5, zero + 1.0])) - target).view(3, n)
     low_half = f_mid > 0
     lo, hi = torch.where(low_half, zero, zero + 0.5), torch.where(low_half, zero + 0.5, zero + 1.0)
     f_lo, f_hi = torch.where(low_half, f0, f_mid), torch.where(low_half, f_mid, f1)
@@ -954,7 +1078,7 @@ def solve_monotone(f, target: float, n: int, dtype, device, tol: float = 0.05,
         v = torch.where(open_, guess, v)
         rows = torch.nonzero(open_).flatten()
         fv = torch.zeros_like(v)
-        fv[rows] = f(rows, v[rows]) - target
+        fv[rows] = (yield rows, v[rows]) - target
         done = fv.abs() < tol
         up = fv > 0  # v is above the root: it becomes the upper end
         # Illinois: an end kept twice in a row has its value halved, so the bracket shrinks
@@ -979,15 +1103,22 @@ def levenberg_marquardt(residuals, x0: torch.Tensor, free_idx: torch.Tensor, cla
     """Minimise ``sum(residuals(X)**2)`` over the entries ``free_idx`` of the (S,) vector ``x0``;
     ``residuals``: (N, S) → (N, R), batched (the finite-difference Jacobian and the trial steps
     are one call each); ``clamp``: (N, S) → (N, S) onto the valid range. → (x, first cost, last)."""
+    return _run(levenberg_marquardt_steps(x0, free_idx, clamp, iterations, h), residuals)
+
+
+def levenberg_marquardt_steps(x0: torch.Tensor, free_idx: torch.Tensor, clamp, iterations: int,
+                              h: float = 0.01):
+    """``levenberg_marquardt`` as a generator: it yields each batch of candidates (N, S) and is
+    sent their residuals (N, R)."""
     x = x0.clone()
-    cost0 = cost = float((residuals(x[None])[0] ** 2).sum())
+    cost0 = cost = float(((yield x[None])[0] ** 2).sum())
     lam = 1e-2
     for _ in range(iterations):
         X = x[None].repeat(len(free_idx) + 1, 1)
         room = clamp(x[None] + h)[0] - x  # forward differences, backward at an upper bound
         steps = torch.where(room[free_idx] > 0.5 * h, h, -h).to(x.dtype)
         X[1 + torch.arange(len(free_idx)), free_idx] += steps
-        R = residuals(X)
+        R = yield X
         J = (R[1:] - R[:1]) / steps[:, None]  # (F, R)
         A, g = J @ J.T, J @ R[0]
         eye = torch.eye(len(A), device=A.device, dtype=A.dtype)
@@ -997,7 +1128,7 @@ def levenberg_marquardt(residuals, x0: torch.Tensor, free_idx: torch.Tensor, cla
             xt = x.clone()
             xt[free_idx] += delta
             trials.append((lm, clamp(xt[None])[0]))
-        costs = (residuals(torch.stack([t for _, t in trials])) ** 2).sum(1)
+        costs = ((yield torch.stack([t for _, t in trials])) ** 2).sum(1)
         best = int(torch.argmin(costs))
         if float(costs[best]) < cost:
             done = cost - float(costs[best]) < 1e-3 * cost
