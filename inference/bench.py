@@ -190,6 +190,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda m: None, pip
                 "stages_ms": {s: summarise([r.timings_ms[s] for r, _ in warm]) for s in STAGES},
                 "total_ms": summarise([r.total_ms for r, _ in warm]),
                 "wall_ms": summarise([w for _, w in warm]),
+                # where the fit's time goes (FitParts: stage A, B, the width reads, stage C, ...)
+                "fit_parts_ms": {k: summarise([r.fit["fit_parts_ms"][k] for r, _ in warm])
+                                 for k in warm[0][0].fit.get("fit_parts_ms", {})},
             } if warm else {}
             report["throughput"] = _throughput(run, cfg, warm, log)
             report["shape_solve"] = run.shape_solve
@@ -240,6 +243,9 @@ def format_report(r: dict) -> str:
     for name, cold, w in rows:
         w = w or {"p50": math.nan, "p95": math.nan, "max": math.nan}
         lines.append(f"{name:<8} {cold:>8.0f} {w['p50']:>8.0f} {w['p95']:>8.0f} {w['max']:>8.0f}")
+    fit_parts = warm.get("fit_parts_ms")
+    if fit_parts:
+        lines.append("fit, p50 ms: " + " · ".join(f"{k} {v['p50']:.0f}" for k, v in fit_parts.items()))
     solve = r.get("shape_solve", {})
     skipped = sorted(name for name, v in solve.items() if not v["ran"])
     if skipped:

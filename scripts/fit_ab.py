@@ -189,13 +189,14 @@ def fit(targets_file: Path, out: Path | None, runs: int, profile: bool, only: st
         print(f"batch {batch} on {device}: median {med:.3f} s per batch, {med / batch * 1000:.0f} ms per photo, "
               f"{batch / med:.2f} fits/s ({runs} batches)", flush=True)
         return
-    saved, times = {}, []
+    saved, times, parts = {}, [], []
     for _ in range(runs):
         for name, target in targets:
             t0 = time.perf_counter()
             res = fitter.fit([target])[0]
             _sync(device)
             times.append(time.perf_counter() - t0)
+            parts.append(res.diagnostics.get("fit_parts_ms", {}))
             verts, kp = res.standard["apose"]
             m = measure(verts, body.faces, kp)
             saved[f"{name}/shape"] = res.shape[0].cpu().numpy().astype(np.float64)
@@ -206,6 +207,8 @@ def fit(targets_file: Path, out: Path | None, runs: int, profile: bool, only: st
             saved[f"{name}/measure_cm"] = np.array([m[k] for k in sorted(m)], np.float64)
     print(f"warm fit s: median {np.median(times):.3f} min {min(times):.3f} max {max(times):.3f} "
           f"({len(times)} fits)", flush=True)
+    if parts and parts[0]:  # FitParts (older checkouts have none)
+        print("median ms: " + " · ".join(f"{k} {np.median([p[k] for p in parts]):.0f}" for k in parts[0]))
     if out is not None:
         np.savez(out, **saved)
 

@@ -55,3 +55,16 @@ def test_one_cold_run_reports_every_stage(pipeline, bus_jpg):
     text = bench.format_report(report)
     assert "bus.jpg 810x1080" in text and "fit" in text
     assert "stage C (the shape solved on the silhouette's widths) skipped on bus.jpg" in text
+    assert "fit, p50 ms" not in text  # no warm runs: no parts to report
+
+
+@pytest.mark.slow
+def test_the_warm_report_splits_the_fit(pipeline, bus_jpg):
+    """The fit is most of a run: the warm runs' p50 of each of its parts (FitParts), in the JSON
+    and as one line of the table."""
+    report = bench.run_bench(bench.BenchConfig(photos=[bus_jpg], runs=1, warmup=0), pipeline=pipeline)
+    parts = report["warm"]["fit_parts_ms"]
+    assert list(parts) == ["setup", "stage_a", "stage_b", "widths_and_prior", "stage_c", "final"]
+    assert parts["stage_b"]["p50"] > 0 and parts["stage_b"]["n"] == 1
+    assert sum(v["p50"] for v in parts.values()) <= report["warm"]["stages_ms"]["fit"]["p50"] + 1.0
+    assert "fit, p50 ms: setup " in bench.format_report(report)

@@ -66,6 +66,11 @@ def test_mesh_sits_on_the_person(bus_result):
     assert result.fit["keypoint_error_median_rel"] < 0.03  # of the body's pixel height
     assert result.fit["keypoint_error_rel"] < 0.07
     assert result.fit["vertices_in_silhouette"] > 0.6
+    # where the fit's time went, part by part, adds up to (about) the fit stage's own time
+    parts = result.fit["fit_parts_ms"]
+    assert list(parts) == ["setup", "stage_a", "stage_b", "widths_and_prior", "stage_c", "final"]
+    assert all(ms >= 0 for ms in parts.values()) and parts["stage_b"] > 0
+    assert 0.8 * result.timings_ms["fit"] <= sum(parts.values()) <= result.timings_ms["fit"] + 1.0
 
 
 def test_stage_events_come_in_order(bus_result):

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -406,6 +407,7 @@ class Fitter:
     def _fit(self, targets: list[FitTarget]) -> list[FitResult]:
         body, cfg = self.body, self.config
         dev, dt = body.device, body.dtype
+        parts = FitParts(dev)  # where the fit's time goes, in each result's diagnostics
         B = len(targets)
         subjects = [t.subject for t in targets]
         shape = torch.cat([body.initial_shape(s) for s in subjects], 0)
@@ -491,6 +493,7 @@ class Fitter:
         def robust(r2, sigma2):  # Geman-McClure
             return r2 / (r2 + sigma2)
 
+        parts.mark("setup")
         # -- stage A: rigid alignment of the body to the torso keypoints (no shape/pose change)
         if use_photo:
             with torch.no_grad():
@@ -584,7 +587,9 @@ class Fitter:
         # -- stage B: everything
         history: list[torch.Tensor] = []
         iters = cfg.iterations if use_photo else cfg.baseline_iterations
+        parts.mark("stage_a")
         sh, limbs, rot, trans = stage_b(shape, limbs, rot, trans, iters, True)
+        parts.mark("stage_b")
         solve_info: list[dict] = [{} for _ in targets]
         learned: list = [None] * B
         # the width bands read after stage B: the learned prior's features, and stage C's first
@@ -612,6 +617,7 @@ class Fitter:
                     learned[i] = (torch.as_tensor(mu, device=dev, dtype=dt),
                                   torch.as_tensor(sigma * scale, device=dev, dtype=dt))
                     solve_info[i]["prior_mean"] = [round(float(m), 3) for m in mu]
+        parts.mark("widths_and_prior")
         if use_photo and cfg.shape_solve:
             for round_ in range(cfg.rounds):
                 if round_:  # the pose and camera again, for the shape stage C found
@@ -630,6 +636,7 @@ class Fitter:
                     sh[i] = x
                     solve_info[i].update(info)
 
+        parts.mark("stage_c")
         with torch.no_grad():
             out = forward(sh, limbs, rot, trans, photo=use_photo)
             # the height is defined on the standing A-pose mesh (what is measured and exported);
@@ -669,6 +676,9 @@ class Fitter:
                     scale=scale, camera=cam, vertices=posed, keypoints_2d=kp_proj,
                     mass_kg=mass, volume_l=mass / DENSITY * 1000.0, standard=std, diagnostics=diag,
                 ))
+        parts.mark("final")
+        for r in results:
+            r.diagnostics["fit_parts_ms"] = parts.ms()
         return results
 
     def _posed_camera(self, shape: torch.Tensor, limbs: torch.Tensor, stand: torch.Tensor,
@@ -950,6 +960,29 @@ class Fitter:
             "keypoint_error_median_rel": float(np.median(err[seen]) / ph) if seen.any() else None,
             "vertices_in_silhouette": frac_in,
         }
+
+
+class FitParts:
+    """Wall time between the named marks of one fit call (ms): setup (starting shapes, poses,
+    the photos' distance maps), stage_a, stage_b, widths_and_prior (the width reads and the
+    learned prior), stage_c (with its later rounds' pose refits), final (the standard poses,
+    cameras, diagnostics). On a GPU the device is synchronised at each mark (six syncs a fit),
+    so queued work counts where it was asked for."""
+
+    def __init__(self, device) -> None:
+        self._device = torch.device(device)
+        self._last = time.perf_counter()
+        self._ms: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        now = time.perf_counter()
+        self._ms[name] = round((now - self._last) * 1000.0, 1)
+        self._last = now
+
+    def ms(self) -> dict[str, float]:
+        return dict(self._ms)
 
 
 def nearest_points(points: torch.Tensor, cloud: torch.Tensor) -> torch.Tensor:
