@@ -74,65 +74,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-SYNCING = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "nonzero",
-           "masked_select", "unique", "argwhere", "__array__", "any", "all"}
-
-
-def _where(frames) -> str:
-    """The innermost line of this project's inference/ code in a stack."""
-    for fr in reversed(frames):
-        if "/inference/" in fr.filename:
-            return f"{fr.filename.split('/inference/')[-1]}:{fr.lineno} {fr.name}"
-    return "(outside inference/)"
-
-
-def count_syncs(fn, device: str) -> dict[str, int]:
-    """Run ``fn`` and count where it syncs the host with the device, by line."""
-    import collections
-    import traceback
-    import warnings
-
-    counts: collections.Counter = collections.Counter()
-    if device.startswith("cuda"):
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                fn()
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-        for w in caught:
-            if "synchroniz" in str(w.message):
-                counts[f"{Path(w.filename).name}:{w.lineno}"] += 1
-        return dict(counts)
-    from torch.overrides import TorchFunctionMode
-
-    class Spy(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            name = getattr(func, "__name__", "")
-            bool_index = (name == "__getitem__" and len(args) > 1 and isinstance(args[1], torch.Tensor)
-                          and args[1].dtype == torch.bool)
-            # data made on the host and copied in: on a GPU a copy from pageable memory waits
-            # for the stream first (torch.tensor of Python numbers, numpy arrays, .to(device))
-            h2d = (name in ("tensor", "as_tensor", "from_numpy") and kwargs and kwargs.get("device") is not None
-                   and not isinstance(args[0] if args else None, torch.Tensor)) or \
-                  (name == "to" and (any(isinstance(a, (str, torch.device)) for a in args[1:]) or
-                                     (kwargs or {}).get("device") is not None))
-            if h2d:
-                stack = traceback.extract_stack()[:-1]
-                counts[f"{_where(stack)} [{name}: host data to the device]"] += 1
-            if name in SYNCING or bool_index:
-                stack = traceback.extract_stack()[:-1]
-                # Adam keeps its step counts on the CPU (not capturable): its item() never syncs
-                if "/torch/optim/" not in stack[-1].filename:
-                    counts[f"{_where(stack)} [{name}]"] += 1
-            return func(*args, **(kwargs or {}))
-
-    with Spy():
-        fn()
-    return dict(counts)
-
-
 def fit(targets_file: Path, out: Path | None, runs: int, profile: bool, only: str | None,
         device: str = "cpu", batch: int = 0, syncs: bool = False) -> None:
     from inference.bodies.anny_body import AnnyBody
@@ -147,6 +88,8 @@ def fit(targets_file: Path, out: Path | None, runs: int, profile: bool, only: st
     fitter = Fitter(body)
     fitter.fit([targets[0][1]])  # warm-up
     if syncs:
+        from inference.syncs import count_syncs
+
         counts = count_syncs(lambda: fitter.fit([targets[0][1]]), device)
         for where, n in sorted(counts.items(), key=lambda kv: -kv[1]):
             print(f"{n:6d}  {where}")

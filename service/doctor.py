@@ -23,7 +23,8 @@ async def run_checks() -> list[Check]:
     except ValidationError as exc:
         return [Check("settings", False, str(exc).splitlines()[0],
                       "fix that variable in the environment or .env (.env.example lists each)")]
-    checks = [Check("settings", True, "loaded"), _weights(), _gpu(settings.worker_device)]
+    checks = [Check("settings", True, "loaded"), _weights(), _gpu(settings.worker_device),
+              rendering(settings.worker_device)]
     checks.append(await _database(settings))
     checks.append(await _storage(settings))
     checks += await _redis_and_workers(settings)
@@ -52,6 +53,31 @@ def _gpu(device: str) -> Check:
         return Check("gpu", False, f"WORKER_DEVICE={device} but no GPU is visible",
                      "install the NVIDIA driver/container toolkit, check CUDA_VISIBLE_DEVICES, or set WORKER_DEVICE=cpu")
     return Check("gpu", True, "none visible: workers run on the CPU (a job takes ~10 s or more)")
+
+
+def rendering(device: str) -> Check:
+    """How a worker on ``device`` will render (overlay, preview): EGL on a GPU, OSMesa on a CPU or
+    when EGL cannot make a context (slower, said in the worker's log), or not at all (the worker
+    then stops at start). Probes EGL in a child process, as the worker does."""
+    import torch
+
+    from inference.stages import render as R
+
+    gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    osmesa = R.osmesa_available()
+    if not gpu:
+        if osmesa:
+            return Check("rendering", True, "OSMesa (on the CPU)")
+        return Check("rendering", False, "OSMesa is not installed: a CPU worker cannot render",
+                     "apt-get install libosmesa6 (Debian/Ubuntu)")
+    ok, why = R.probe_egl()
+    if ok:
+        return Check("rendering", True, "EGL (on the GPU)")
+    if osmesa:
+        return Check("rendering", True, f"EGL failed ({why}): the worker renders with OSMesa on the CPU "
+                     f"(slower). {R.EGL_HINT}")
+    return Check("rendering", False, f"EGL failed ({why}) and OSMesa is not installed: the worker cannot "
+                 "start", f"{R.EGL_HINT}; or apt-get install libosmesa6 (CPU rendering)")
 
 
 async def _database(settings) -> Check:

@@ -390,17 +390,14 @@ def test_constants_of_the_fits_loops_are_made_once_per_device_and_dtype():
 
 
 def test_the_fits_loops_copy_no_host_data_to_the_device(pipeline, bus_jpg, tmp_path):
-    """Counted the way ``scripts/fit_ab.py fit --syncs`` counts on a CPU: data made on the host
-    and copied in (``torch.tensor`` of numbers with a device, ``.to(device)``), by the line of
-    inference/ that asked. One fit of a real photo copies at setup, not at every step (70 stage-B
-    steps, each with the shape prior and the detector's keypoint offsets; stage C's requests)."""
-    import collections
-    import traceback
-
-    from torch.overrides import TorchFunctionMode
-
+    """``inference.syncs.count_syncs`` on a CPU (as ``scripts/fit_ab.py fit --syncs``): data made
+    on the host that a GPU run copies in (``torch.tensor`` of numbers with a device,
+    ``.to(device)``), by the line of inference/ that asked. One fit of a real photo copies at
+    setup, not at every step (70 stage-B steps, each with the shape prior and the detector's
+    keypoint offsets; stage C's requests)."""
     from inference.pipeline import Job
     from inference.stages.fit import Fitter, FitTarget
+    from inference.syncs import COPY, count_syncs
     from inference.types import Subject
 
     job = Job(bus_jpg, Subject(180, "male", 75), tmp_path / "unused")
@@ -408,21 +405,6 @@ def test_the_fits_loops_copy_no_host_data_to_the_device(pipeline, bus_jpg, tmp_p
     photo, person, mask = seen["photos"][0], seen["subjects"][0], seen["masks"][0]
     target = FitTarget(job.subject, (photo.image.shape[1], photo.image.shape[0]), person.keypoints, mask,
                        photo.focal_35mm)
-    counts = collections.Counter()
-
-    class Spy(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            name = getattr(func, "__name__", "")
-            kwargs = kwargs or {}
-            if (name in ("tensor", "as_tensor") and kwargs.get("device") is not None) or \
-                    (name == "to" and (any(isinstance(a, (str, torch.device)) for a in args[1:])
-                                       or kwargs.get("device") is not None)):
-                where = next((f"{fr.filename}:{fr.lineno}" for fr in reversed(traceback.extract_stack()[:-1])
-                              if "/inference/" in fr.filename), "?")
-                counts[where] += 1
-            return func(*args, **kwargs)
-
     fitter = Fitter(pipeline.body_for("male"))
-    with Spy():
-        fitter.fit([target])
-    assert counts and max(counts.values()) <= 8, counts.most_common(3)
+    copies = {k: n for k, n in count_syncs(lambda: fitter.fit([target])).items() if COPY in k}
+    assert copies and max(copies.values()) <= 8, sorted(copies.items(), key=lambda kv: -kv[1])[:3]

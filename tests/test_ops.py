@@ -115,6 +115,7 @@ def test_doctor_names_what_is_wrong_and_the_fix(stack):
     r = run_avatar(stack.env, stack.cwd, "doctor")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "ok    database" in r.stdout and "ok    storage" in r.stdout and "ok    weights" in r.stdout
+    assert "ok    rendering OSMesa (on the CPU)" in r.stdout  # a CPU worker here
     assert "FAIL  workers" in r.stdout and "avatar worker" in r.stdout
     down = run_avatar({**stack.env, "REDIS_URL": "redis://127.0.0.1:1/0"}, stack.cwd, "doctor")
     assert down.returncode == 1 and "FAIL  redis" in down.stdout and "REDIS_URL" in down.stdout

@@ -433,6 +433,24 @@ def test_osmesa_is_found_here():
     assert R.osmesa_available()  # setup installs libosmesa6: the CPU renders with it
 
 
+def test_doctor_says_how_a_worker_will_render(monkeypatch):
+    """``avatar doctor``'s rendering line: here (no GPU) OSMesa; on a GPU, EGL, or OSMesa in its
+    stead (said, with the fix for EGL), or a failure with both fixes when neither can render."""
+    from service.doctor import rendering
+
+    here = rendering("cpu")
+    assert here.ok and "OSMesa" in here.detail
+    monkeypatch.setattr(R, "probe_egl", lambda: (True, ""))
+    assert rendering("cuda:0").ok and "EGL (on the GPU)" in rendering("cuda:0").detail
+    monkeypatch.setattr(R, "probe_egl", lambda: (False, "EGLError: EGL_NOT_INITIALIZED"))
+    fallback = rendering("cuda:0")
+    assert fallback.ok and "EGL_NOT_INITIALIZED" in fallback.detail and "OSMesa" in fallback.detail
+    monkeypatch.setattr(R, "osmesa_available", lambda: False)
+    none = rendering("cuda:0")
+    assert not none.ok and "libosmesa6" in none.fix and "graphics" in none.fix
+    assert not rendering("cpu").ok and "libosmesa6" in rendering("cpu").fix
+
+
 def test_egl_is_kept_when_it_works(monkeypatch):
     import sys
 

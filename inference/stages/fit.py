@@ -32,6 +32,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -1032,8 +1033,9 @@ class _StageCPhoto:
     trans: torch.Tensor
     height_m: float
     n_shape: int
-    project: object  # (N, P, 3) camera-frame points → (N, P, 2) pixels
-    residuals: object  # (P (N, S + N_CLOTH), uv (N, V, 2), scale (N,), mass (N,)) → (N, R)
+    project: Callable[[torch.Tensor], torch.Tensor]  # (N, P, 3) camera-frame points → (N, P, 2) pixels
+    # (P (N, S + N_CLOTH), uv (N, V, 2), scale (N,), mass (N,)) → (N, R)
+    residuals: Callable[..., torch.Tensor]
 
 
 def drive(solvers: list, answer) -> list:

@@ -63,6 +63,9 @@ def configure_gl_platform(device: str) -> str:
     return os.environ["PYOPENGL_PLATFORM"]
 
 
+EGL_HINT = "For GPU rendering the container needs NVIDIA_DRIVER_CAPABILITIES with 'graphics' and NVIDIA's EGL"
+
+
 def prepare_gl_platform(device: str, say: Callable[[str], None] | None = None) -> str:
     """:func:`configure_gl_platform`, then for EGL: render on the GPU this process computes on
     (``EGL_DEVICE_ID`` = its machine index, unless set) and fall back to OSMesa, saying so, when
@@ -83,12 +86,10 @@ def prepare_gl_platform(device: str, say: Callable[[str], None] | None = None) -
         if not osmesa_available():  # a fallback that cannot render would fail every job later
             raise RuntimeError(f"cannot render: EGL failed on EGL device {os.environ.get('EGL_DEVICE_ID', 0)} "
                                f"({why}) and OSMesa, the CPU fallback, is not installed (Debian/Ubuntu: "
-                               "apt-get install libosmesa6). For GPU rendering the container needs "
-                               "NVIDIA_DRIVER_CAPABILITIES with 'graphics' and NVIDIA's EGL")
+                               f"apt-get install libosmesa6). {EGL_HINT}")
         os.environ["PYOPENGL_PLATFORM"] = "osmesa"
         (say or log.warning)(f"EGL rendering failed on EGL device {os.environ.get('EGL_DEVICE_ID', 0)} "
-                             f"({why}): falling back to OSMesa (CPU rendering, slower). For GPU rendering "
-                             "the container needs NVIDIA_DRIVER_CAPABILITIES with 'graphics' and NVIDIA's EGL")
+                             f"({why}): falling back to OSMesa (CPU rendering, slower). {EGL_HINT}")
         return "osmesa"
     return platform
 
