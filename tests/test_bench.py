@@ -68,3 +68,22 @@ def test_the_warm_report_splits_the_fit(pipeline, bus_jpg):
     assert parts["stage_b"]["p50"] > 0 and parts["stage_b"]["n"] == 1
     assert sum(v["p50"] for v in parts.values()) <= report["warm"]["stages_ms"]["fit"]["p50"] + 1.0
     assert "fit, p50 ms: setup " in bench.format_report(report)
+
+
+def test_gpu_check_runs_and_logs_each_step_even_without_a_gpu(tmp_path):
+    """``scripts/gpu_check`` (the CUDA path in one go, for a GPU machine's short lease): with no
+    steps asked for it still says what the machine is, times the step and ends; its log is what
+    comes back from the machine."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    r = subprocess.run([str(root / "scripts" / "gpu_check"), str(out)], capture_output=True, text=True,
+                       env={**os.environ, "STEPS": "", "PYTHON": sys.executable}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    log = (out / "gpu_check.log").read_text()
+    assert "== machine (limit 60 s)" in log and "== machine: exit 0" in log and log.rstrip().endswith("== done")
+    assert "python 3." in log and "== bench" not in log  # only what was asked for
