@@ -62,6 +62,27 @@ def test_features_are_in_cm_and_fill_untrusted_bands_from_the_body():
     assert np.allclose(np.delete(f, 2), without)
 
 
+def test_limb_features_are_in_cm_and_fall_back_on_the_body():
+    """The limbs' and the neck's widths come last, in cm against the silhouette's height; a site
+    the mask does not read takes the body's own width plus the read sites' median offset, one
+    neither reads stays nan (the model reads its training mean there)."""
+    n = W.N_BANDS
+    mask_w, own_w = _widths(np.full(n, 200.0), np.ones(n, bool)), _widths(np.full(n, 180.0), np.ones(n, bool))
+    mask_w.limb_px = np.array([50.0, np.nan, 90.0, 60.0, np.nan])
+    own_w.limb_px = np.array([45.0, 35.0, 80.0, 58.0, np.nan])
+    f = photo_features(180.0, 80.0, "male", mask_w, own_w, _keypoints(), np.array([0.8, 0.5, 0.5, 0.5, 0.5]))
+    assert f.shape == (3 + n + 4 + 5 + 5,)  # as many as the sites read (``W.N_LIMB_FEATURES`` in a fit)
+    limbs = f[-5:]
+    assert limbs[[0, 2, 3]] == pytest.approx([50 * 0.18, 90 * 0.18, 60 * 0.18])
+    assert limbs[1] == pytest.approx((35.0 + 5.0) * 0.18)  # median of 5, 10, 2 px
+    assert np.isnan(limbs[4])
+    model, _ = fit_ridge(np.r_[f[None], f[None] + 1.0, f[None] - 1.0], np.array([[0.0], [1.0], [-1.0]]))
+    assert np.isfinite(model.x_mean).all() and np.isfinite(model.predict(f[None])).all()
+    # a model trained on the features before the limbs' reads its own columns only
+    short, _ = fit_ridge(np.r_[f[None], f[None] + 1.0, f[None] - 1.0][:, :-5], np.array([[0.0], [1.0], [-1.0]]))
+    assert short.predict(f[None]) == pytest.approx(short.predict(f[None, :-5]))
+
+
 def test_fitted_clothes_read_every_band_as_if_clothed():
     n = W.N_BANDS
     valid = np.ones(n, bool)
@@ -87,7 +108,7 @@ def test_the_packaged_prior_matches_the_body_model_and_the_features():
     prior = ShapePrior.load()
     assert prior is not None, f"{PRIOR_FILE} is missing: `avatar eval train-prior WORK_DIR` makes it"
     assert set(prior.outputs) <= set(PHENOTYPES) and "gender" not in prior.outputs
-    n_feat = 3 + W.N_BANDS + 4 + 5
+    n_feat = 3 + W.N_BANDS + 4 + 5 + W.N_LIMB_FEATURES  # ... and the limbs' and the neck's widths
     # a model per gender
     models = prior.models
     assert set(models) == {f"{k}:{g}" for k in ("weight", "no_weight") for g in ("male", "female")}

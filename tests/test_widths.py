@@ -59,6 +59,52 @@ def test_mask_widths_follow_the_mask(scene):
     assert np.nanmax(a.width_px) < 0.8 * (xs.max() - xs.min())
 
 
+def test_limb_widths_read_the_mask_and_the_body_alike(body, scene):
+    """Across the limbs, the neck and the shoulders (learned prior features): the renderer's
+    silhouette and the body's own rasterised one read the same widths, and a mask grown by 3 px
+    on each side reads 6 px wider across every limb that reads."""
+    import cv2
+
+    mask, kp_uv = scene["mask"], scene["kp_uv"]
+    torso = W.band_edges(kp_uv)[1]
+    a = W.limb_widths(mask, kp_uv, torso)
+    own = W.limb_widths(W.rasterize(scene["uv"], body.faces, mask.shape), kp_uv, torso)
+    assert a.shape == (W.N_LIMB_FEATURES,)
+    read = np.isfinite(a) & np.isfinite(own)
+    assert read.sum() >= 4  # in the A-pose: upper arm, forearm, calf, neck at least
+    assert np.abs(a[read] - own[read]).max() < 2.0
+    limbs = a[:len(W.LIMB_SITES) + 1]  # the limbs and the neck, not the trunk
+    assert np.all((limbs[np.isfinite(limbs)] > 5) & (limbs[np.isfinite(limbs)] < 0.5 * torso))
+    shoulders = a[len(W.LIMB_SITES) + 1:]  # across both shoulders: wider than the trunk below
+    assert np.all(shoulders > 0.6 * torso) and shoulders[0] > shoulders[1]
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))  # 3 px in every direction
+    grown = cv2.dilate(mask.astype(np.uint8), disc).astype(bool)
+    b = W.limb_widths(grown, kp_uv, torso)
+    both = np.isfinite(a) & np.isfinite(b)
+    k = len(W.LIMB_SITES) + 1  # across a limb the walk meets the edge square on: 6 px
+    assert np.allclose((b - a)[:k][both[:k]], 6.0, atol=1.5)
+    assert np.all((b - a)[k:] >= 5.0)  # a row across the shoulders' slope meets it obliquely: more
+
+
+def test_a_limb_against_the_trunk_does_not_read():
+    """A walk across a limb that runs into the trunk (arm held against the body) gives nan, not
+    the trunk's width; an arm apart from it reads its own width."""
+    mask = np.zeros((400, 400), bool)
+    mask[100:300, 150:250] = True  # trunk
+    mask[100:300, 250:270] = True  # right arm, against the trunk (20 px wide)
+    mask[100:300, 110:130] = True  # left arm, 20 px apart from it
+    kp = np.zeros((17, 2))
+    kp[5], kp[6] = (120, 100), (260, 100)  # shoulders (5: left side of the image here)
+    kp[7], kp[8] = (120, 200), (260, 200)  # elbows
+    kp[9], kp[10] = (120, 290), (260, 290)  # wrists
+    kp[0] = (200, 40)
+    w = W.limb_widths(mask, kp, torso_px=200.0)
+    assert w[0] == pytest.approx(20.0, abs=1.0)  # the upper arm: only the free one read
+    gone = mask.copy()
+    gone[:, 100:140] = False  # no free arm: nothing reads
+    assert np.isnan(W.limb_widths(gone, kp, torso_px=200.0)[0])
+
+
 def test_detector_keypoints_shift_by_the_measured_table(body):
     v = truth_for(body, "male").vertices
     kp = body.keypoints_from_vertices(torch.as_tensor(v[None], dtype=body.dtype))

@@ -853,15 +853,20 @@ class Fitter:
         """The trunk's width bands of the mask and of the body as fitted so far (its own
         rasterised silhouette: what a mask of this body would show against its vertices'
         extents, pixel edges, skin that follows the arms; stage C adds the difference to the
-        model's widths so both sides are read alike) → (uv (V, 2) pixels, mask's, body's)."""
+        model's widths so both sides are read alike; and across the limbs, the neck and the
+        shoulders for the learned prior) → (uv (V, 2) pixels, mask's, body's)."""
         st, _, _, to_cam = self._posed_camera(shape[None], limbs, stand, rot, trans, height_m)
 
         def project(x):
             return (x[..., :2] / x[..., 2:3].clamp(min=1e-3) * K[:1] + K[1:])[0].cpu().numpy()
 
         uv, kp_uv = project(to_cam(st.vertices)), project(to_cam(st.keypoints))
+        raster = W.rasterize(uv, self.body.faces, target.mask.shape)
         wt = W.mask_widths(target.mask, uv, self.part_labels, kp_uv)
-        own = W.mask_widths(W.rasterize(uv, self.body.faces, target.mask.shape), uv, self.part_labels, kp_uv)
+        own = W.mask_widths(raster, uv, self.part_labels, kp_uv)
+        torso = W.band_edges(kp_uv)[1]
+        wt.limb_px = W.limb_widths(target.mask, kp_uv, torso)
+        own.limb_px = W.limb_widths(raster, kp_uv, torso)
         return uv, wt, own
 
     @torch.no_grad()

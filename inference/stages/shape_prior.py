@@ -20,7 +20,12 @@ Features of one photo, read after stage B (pose and camera fitted), all scale-fr
   width there plus the median mask-minus-body offset of the trusted ones;
 - the detector's shoulder and hip spans and the torso and leg lengths against the silhouette's
   height;
-- stage B's shape (its free parameters).
+- stage B's shape (its free parameters);
+- the silhouette's width across the upper arms, forearms, thighs and calves, the neck and the
+  shoulders (``widths.limb_widths``, cm: at a fixed mass muscle shows in the limbs and the neck,
+  which clothes cover less than the trunk or not at all, and the proportions in the shoulders);
+  a site the mask does not read takes the body's own width there plus the read sites' median
+  offset, one neither reads the training mean.
 The model is a small JSON file (``inference/bodies/anny_shape_prior.json``) the project trains.
 """
 from __future__ import annotations
@@ -70,7 +75,14 @@ def photo_features(height_cm: float, weight_kg: float | None, gender: str, mask_
     typed = [height_cm / 100.0, GENDER_VALUE.get(gender, 0.5)]
     if weight_kg is not None:
         typed.append(weight_kg / (height_cm / 100.0) ** 2)
-    return np.concatenate([typed, filled, geometry, stage_b_shape]).astype(np.float64)
+    limbs = []
+    if mask_w.limb_px is not None and own_w.limb_px is not None:
+        m_l = mask_w.limb_px * cm
+        o_l = own_w.limb_px * (height_cm / own_w.height_px)
+        ok = np.isfinite(m_l) & np.isfinite(o_l)
+        off_l = float(np.median((m_l - o_l)[ok])) if ok.any() else 0.0
+        limbs = np.where(ok, m_l, o_l + off_l)  # nan where the body's own does not read either
+    return np.concatenate([typed, filled, geometry, stage_b_shape, limbs]).astype(np.float64)
 
 
 @dataclass
@@ -86,6 +98,8 @@ class RidgeModel:
     alpha: float
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        x = x[..., :len(self.x_mean)]  # a model trained before features were appended reads its own
+        x = np.where(np.isfinite(x), x, self.x_mean)  # a feature not read: the training mean
         return ((x - self.x_mean) / self.x_std) @ self.coef + self.intercept
 
     def to_json(self) -> dict:
@@ -101,6 +115,9 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, alphas=(0.1, 0.3, 1.0, 3.0, 10.0, 30
     """Ridge regression (N, F) → (N, P) with the penalty chosen by ``folds``-fold cross-validation;
     the returned model is refitted on all rows, its ``sigma`` the chosen penalty's CV RMSE."""
     n = len(X)
+    with np.errstate(all="ignore"):
+        fill = np.nan_to_num(np.nanmean(np.where(np.isfinite(X), X, np.nan), 0))
+    X = np.where(np.isfinite(X), X, fill)  # a feature not read: the column's mean (0 where none read)
     order = np.random.default_rng(seed).permutation(n)
     fold = np.empty(n, int)
     fold[order] = np.arange(n) % folds
