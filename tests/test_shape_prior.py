@@ -108,7 +108,7 @@ def test_the_packaged_prior_matches_the_body_model_and_the_features():
     prior = ShapePrior.load()
     assert prior is not None, f"{PRIOR_FILE} is missing: `avatar eval train-prior WORK_DIR` makes it"
     assert set(prior.outputs) <= set(PHENOTYPES) and "gender" not in prior.outputs
-    n_feat = 3 + W.N_BANDS + 4 + 5 + W.N_LIMB_FEATURES  # ... and the limbs' and the neck's widths
+    n_feat = 3 + W.N_BANDS + 4 + 5 + W.N_LIMB_FEATURES  # ... and the widths across limbs, neck, shoulders
     # a model per gender
     models = prior.models
     assert set(models) == {f"{k}:{g}" for k in ("weight", "no_weight") for g in ("male", "female")}
