@@ -63,24 +63,35 @@ def test_features_are_in_cm_and_fill_untrusted_bands_from_the_body():
 
 
 def test_limb_features_are_in_cm_and_fall_back_on_the_body():
-    """The limbs' and the neck's widths come last, in cm against the silhouette's height; a site
-    the mask does not read takes the body's own width plus the read sites' median offset, one
-    neither reads stays nan (the model reads its training mean there)."""
-    n = W.N_BANDS
+    """The widths across the limbs, the neck and the shoulders come last, in cm against the
+    silhouette's height; a site the mask does not read takes the body's own width plus the read
+    sites' median offset, one neither reads stays nan (the model reads its training mean there).
+    A photo read as in fitted clothes gets ``extra_cm`` on every limb but the neck."""
+    n, k, neck = W.N_BANDS, W.N_LIMB_FEATURES, len(W.LIMB_SITES)
     mask_w, own_w = _widths(np.full(n, 200.0), np.ones(n, bool)), _widths(np.full(n, 180.0), np.ones(n, bool))
-    mask_w.limb_px = np.array([50.0, np.nan, 90.0, 60.0, np.nan])
-    own_w.limb_px = np.array([45.0, 35.0, 80.0, 58.0, np.nan])
-    f = photo_features(180.0, 80.0, "male", mask_w, own_w, _keypoints(), np.array([0.8, 0.5, 0.5, 0.5, 0.5]))
-    assert f.shape == (3 + n + 4 + 5 + 5,)  # as many as the sites read (``W.N_LIMB_FEATURES`` in a fit)
-    limbs = f[-5:]
-    assert limbs[[0, 2, 3]] == pytest.approx([50 * 0.18, 90 * 0.18, 60 * 0.18])
-    assert limbs[1] == pytest.approx((35.0 + 5.0) * 0.18)  # median of 5, 10, 2 px
+    mask_w.limb_px = np.full(k, 60.0)
+    own_w.limb_px = np.full(k, 58.0)  # 2 px narrower where both read
+    mask_w.limb_px[[1, 4]] = np.nan  # the mask does not read there
+    own_w.limb_px[4] = np.nan  # nor the body there
+    args = (180.0, 80.0, "male", mask_w, own_w, _keypoints(), np.array([0.8, 0.5, 0.5, 0.5, 0.5]))
+    f = photo_features(*args)
+    assert f.shape == (3 + n + 4 + 5 + k,)
+    limbs = f[-k:]
+    read = np.ones(k, bool)
+    read[[1, 4]] = False
+    assert limbs[read] == pytest.approx(60.0 * 0.18)
+    assert limbs[1] == pytest.approx((58.0 + 2.0) * 0.18)
     assert np.isnan(limbs[4])
-    model, _ = fit_ridge(np.r_[f[None], f[None] + 1.0, f[None] - 1.0], np.array([[0.0], [1.0], [-1.0]]))
+    wider = photo_features(*args, extra_cm=2.0)[-k:]
+    covered = np.arange(k) != neck
+    assert wider[covered & read] == pytest.approx(limbs[covered & read] + 2.0)
+    assert wider[neck] == pytest.approx(limbs[neck])
+    rows = np.r_[f[None], f[None] + 1.0, f[None] - 1.0]
+    model, _ = fit_ridge(rows, np.array([[0.0], [1.0], [-1.0]]))
     assert np.isfinite(model.x_mean).all() and np.isfinite(model.predict(f[None])).all()
     # a model trained on the features before the limbs' reads its own columns only
-    short, _ = fit_ridge(np.r_[f[None], f[None] + 1.0, f[None] - 1.0][:, :-5], np.array([[0.0], [1.0], [-1.0]]))
-    assert short.predict(f[None]) == pytest.approx(short.predict(f[None, :-5]))
+    short, _ = fit_ridge(rows[:, :-k], np.array([[0.0], [1.0], [-1.0]]))
+    assert short.predict(f[None]) == pytest.approx(short.predict(f[None, :-k]))
 
 
 def test_fitted_clothes_read_every_band_as_if_clothed():

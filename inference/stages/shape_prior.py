@@ -31,6 +31,7 @@ The model is a small JSON file (``inference/bodies/anny_shape_prior.json``) the 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +53,8 @@ def photo_features(height_cm: float, weight_kg: float | None, gender: str, mask_
     trusted bands (then there is no learned prior for this photo). ``own_w``: the same reading on
     the stage-B body's own rasterised silhouette; ``keypoints``: (17, 3) detector pixels +
     confidence; ``stage_b_shape``: the free shape parameters after stage B; ``extra_cm``: added to
-    every band the mask shows (a photo in skin-tight clothes read as the clothed photos the prior
-    was trained on)."""
+    every band the mask shows and to every limb width but the neck's (a photo in skin-tight
+    clothes read as the clothed photos the prior was trained on)."""
     valid = mask_w.valid & own_w.valid
     if valid.sum() < 3 or not np.isfinite(mask_w.height_px) or mask_w.height_px <= 0:
         return None
@@ -82,6 +83,9 @@ def photo_features(height_cm: float, weight_kg: float | None, gender: str, mask_
         ok = np.isfinite(m_l) & np.isfinite(o_l)
         off_l = float(np.median((m_l - o_l)[ok])) if ok.any() else 0.0
         limbs = np.where(ok, m_l, o_l + off_l)  # nan where the body's own does not read either
+        covered = np.ones(len(limbs), bool)
+        covered[len(W.LIMB_SITES)] = False  # the neck, which clothes do not cover
+        limbs = limbs + extra_cm * covered
     return np.concatenate([typed, filled, geometry, stage_b_shape, limbs]).astype(np.float64)
 
 
@@ -115,7 +119,8 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, alphas=(0.1, 0.3, 1.0, 3.0, 10.0, 30
     """Ridge regression (N, F) → (N, P) with the penalty chosen by ``folds``-fold cross-validation;
     the returned model is refitted on all rows, its ``sigma`` the chosen penalty's CV RMSE."""
     n = len(X)
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # a column no row read: numpy warns of an empty mean
+        warnings.simplefilter("ignore", RuntimeWarning)
         fill = np.nan_to_num(np.nanmean(np.where(np.isfinite(X), X, np.nan), 0))
     X = np.where(np.isfinite(X), X, fill)  # a feature not read: the column's mean (0 where none read)
     order = np.random.default_rng(seed).permutation(n)
