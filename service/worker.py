@@ -113,7 +113,20 @@ class JobRunner:
         return job
 
     async def _run(self, job_id: str, arrived: Callable[[], None]) -> str:
-        job = await self._take(job_id)  # a database error here leaves the job queued: the reaper re-queues it
+        take = asyncio.ensure_future(self._take(job_id))
+        try:
+            job = await asyncio.shield(take)  # a database error here leaves the job queued: the reaper re-queues it
+        except asyncio.CancelledError:
+            # the worker is stopping while it takes the job: the take's move may already have
+            # counted this try (processing, attempts + 1); left so, the reaper would find the
+            # worker gone and, were that its last try, fail a job nothing was done for
+            try:
+                job = await take
+            except Exception:  # the take failed: the job stayed queued
+                raise asyncio.CancelledError from None
+            if not isinstance(job, str):
+                await self._hand_back_untried(job, job.attempts)
+            raise
         if isinstance(job, str):
             return job
         try_no, owner = job.attempts, (self.name, job.attempts)
@@ -153,10 +166,7 @@ class JobRunner:
                                    error_message=f"the job did not finish within "
                                                  f"{self.settings.job_timeout_seconds} s")
         except asyncio.CancelledError:  # the worker is stopping (SIGTERM): hand the job back, untried
-            log.info("job %s: worker stopping; the job goes back to the queue", job_id)
-            await asyncio.shield(self._end(job, owner, jobs.QUEUED, attempts=try_no - 1, worker=None,
-                                           progress=0, stage="queued", message="waiting for a worker "
-                                           "(its worker was stopped)", started_at=None))
+            await self._hand_back_untried(job, try_no)
             raise
         except Exception:  # a bug or a storage outage: the job still ends; the details stay in our log
             log.exception("job %s: internal error", job_id)
@@ -167,6 +177,14 @@ class JobRunner:
             cancel.set()
             watcher.cancel()
             shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _hand_back_untried(self, job: Job, try_no: int) -> None:
+        """The worker is stopping: this try's files removed, the job queued again as if this try
+        had never been taken (whatever cancels the caller meanwhile)."""
+        log.info("job %s: worker stopping; the job goes back to the queue", job.id)
+        await asyncio.shield(self._end(job, (self.name, try_no), jobs.QUEUED, attempts=try_no - 1, worker=None,
+                                       progress=0, stage="queued", message="waiting for a worker "
+                                       "(its worker was stopped)", started_at=None))
 
     async def _upload(self, job_id: str, keys: dict[str, str], paths: dict[str, Path]) -> None:
         """Every artefact at once, beside the progress write (nothing waits on a courtesy). All of

@@ -97,6 +97,43 @@ def test_a_stopping_worker_hands_its_job_back_untried(tmp_path, redis_url):
     assert still_running == 0 and not files_left
 
 
+def test_a_worker_stopped_while_it_takes_a_job_hands_it_back_untried(tmp_path, redis_url, monkeypatch):
+    """A stop (arq cancels the task) that lands after the take counted the try but before the run
+    began: the job goes back untried, not left processing for the reaper to fail once the worker
+    is gone (here its last try: JOB_MAX_TRIES is 2 and one try was used)."""
+    from service import events
+
+    real, hold = events.publish, {}
+
+    async def publish(redis, job_id):  # the real publish; once, the stop arrives while it runs
+        await real(redis, job_id)
+        if hold.pop("once", None):
+            hold["taken"].set()
+            await hold["stopped"].wait()
+
+    monkeypatch.setattr(events, "publish", publish)
+
+    async def scenario(k):
+        pipe = SlowPipeline()
+        job = await k.new_job(attempts=1)
+        hold.update(once=True, taken=asyncio.Event(), stopped=asyncio.Event())
+        task = asyncio.create_task(runner(k, pipe).run(job.id))
+        await asyncio.wait_for(hold["taken"].wait(), 10)
+        taken = await k.job(job.id)
+        task.cancel()
+        await asyncio.sleep(0.1)  # the cancel is delivered while the take's publish runs
+        hold["stopped"].set()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        return taken, await k.job(job.id), pipe.started.is_set()
+    taken, job, ran = run_kit(tmp_path, redis_url, scenario)
+    assert (taken.status, taken.attempts) == ("processing", 2)  # the take had counted this try
+    assert (job.status, job.attempts, job.worker) == ("queued", 1, None)
+    assert not ran
+
+
 def test_a_late_try_cannot_finish_or_delete_the_job_another_try_completed(tmp_path, redis_url):
     async def scenario(k):
         slow, fast = SlowPipeline(), SlowPipeline()
