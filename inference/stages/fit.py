@@ -849,12 +849,14 @@ class Fitter:
         return scale, mesh_volume(standing, self.faces) * scale**3 * DENSITY
 
     @torch.no_grad()
-    def _read_widths(self, shape, target: FitTarget, limbs, stand, rot, trans, K, height_m: float):
+    def _read_widths(self, shape, target: FitTarget, limbs, stand, rot, trans, K, height_m: float,
+                     across_limbs: bool = True):
         """The trunk's width bands of the mask and of the body as fitted so far (its own
         rasterised silhouette: what a mask of this body would show against its vertices'
         extents, pixel edges, skin that follows the arms; stage C adds the difference to the
-        model's widths so both sides are read alike; and across the limbs, the neck and the
-        shoulders for the learned prior) → (uv (V, 2) pixels, mask's, body's)."""
+        model's widths so both sides are read alike; and, with ``across_limbs``, across the
+        limbs, the neck and the shoulders for the learned prior) → (uv (V, 2) pixels, mask's,
+        body's)."""
         st, _, _, to_cam = self._posed_camera(shape[None], limbs, stand, rot, trans, height_m)
 
         def project(x):
@@ -864,9 +866,10 @@ class Fitter:
         raster = W.rasterize(uv, self.body.faces, target.mask.shape)
         wt = W.mask_widths(target.mask, uv, self.part_labels, kp_uv)
         own = W.mask_widths(raster, uv, self.part_labels, kp_uv)
-        torso = W.band_edges(kp_uv)[1]
-        wt.limb_px = W.limb_widths(target.mask, kp_uv, torso)
-        own.limb_px = W.limb_widths(raster, kp_uv, torso)
+        if across_limbs:
+            torso = W.band_edges(kp_uv)[1]
+            wt.limb_px = W.limb_widths(target.mask, kp_uv, torso)
+            own.limb_px = W.limb_widths(raster, kp_uv, torso)
         return uv, wt, own
 
     @torch.no_grad()
@@ -884,7 +887,9 @@ class Fitter:
         def project(x):
             return x[..., :2] / x[..., 2:3].clamp(min=1e-3) * K[:1] + K[1:]
 
-        uv, wt, own = read or self._read_widths(shape, target, limbs, stand, rot, trans, K, height_m)
+        # a later round reads the trunk's bands again for its pose; the limbs only feed the prior
+        uv, wt, own = read or self._read_widths(shape, target, limbs, stand, rot, trans, K, height_m,
+                                                across_limbs=False)
         t_lo, t_hi = W.band_extents(torch.as_tensor(uv[None][:, self.trunk_idx.cpu().numpy()]),
                                     torch.as_tensor(wt.edges))
         use = wt.valid & own.valid

@@ -24,7 +24,7 @@ Definitions (A-pose, Y up; L = torso length = mid-shoulder height - mid-hip heig
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections import OrderedDict
 
 import numpy as np
 
@@ -34,20 +34,12 @@ from inference.bodies.base import (
     L_ELBOW, L_HIP, L_KNEE, L_SHOULDER, L_WRIST, NOSE, R_HIP, R_SHOULDER,
 )
 
-if TYPE_CHECKING:
-    import trimesh
-
 _SCAN_STEPS = 16
 
 
 def measure(vertices: np.ndarray, faces: np.ndarray, keypoints: np.ndarray) -> dict[str, float]:
     """(V, 3) T-pose mesh in metres, (F, 3), (17, 3) COCO keypoints → {name: cm}."""
-    # imported here, not with the module: a job measures beside its export, after the detect,
-    # so a process that runs one job (`avatar create`) does not import trimesh (with scipy's
-    # qhull and networkx, ~0.5 s) before its first stages
-    import trimesh
-
-    mesh = trimesh.Trimesh(vertices=np.asarray(vertices, np.float64), faces=faces, process=False)
+    mesh = _Mesh(vertices, faces)
     kp = np.asarray(keypoints, np.float64)
     floor = vertices[:, 1].min()
     shoulder_mid = 0.5 * (kp[L_SHOULDER] + kp[R_SHOULDER])
@@ -89,7 +81,7 @@ def measure(vertices: np.ndarray, faces: np.ndarray, keypoints: np.ndarray) -> d
     return {k: round(float(out[k]) * 100.0, 1) for k in MEASUREMENTS}
 
 
-def _armpit_level(mesh: trimesh.Trimesh, hip_y: float, torso: float) -> float:
+def _armpit_level(mesh: "_Mesh", hip_y: float, torso: float) -> float:
     """Highest level (in torso lengths above the hips) where a horizontal cut still finds the
     torso and both arms apart; 0.80 where the arms touch the torso (e.g. a T-pose)."""
     level = None
@@ -101,12 +93,76 @@ def _armpit_level(mesh: trimesh.Trimesh, hip_y: float, torso: float) -> float:
     return 0.80 if level is None else float(level)
 
 
-def _section_loops(mesh: trimesh.Trimesh, origin: np.ndarray, normal: np.ndarray) -> list[np.ndarray]:
-    """Closed polylines (N, 3) where the plane cuts the mesh."""
-    section = mesh.section(plane_origin=origin, plane_normal=normal)
-    if section is None:
+class _Mesh:
+    """A triangle mesh cut by planes, with what every cut reads made once per topology (every
+    measurement's cut and every avatar of a worker share it): the unique edges and, where each
+    edge has exactly two faces (a closed mesh, as the body models' are), those faces."""
+
+    def __init__(self, vertices: np.ndarray, faces: np.ndarray) -> None:
+        self.vertices = np.asarray(vertices, np.float64)
+        self.faces = np.asarray(faces, np.int64)
+        self.edges, self.face_edges, self.edge_faces = _topology(self.faces)
+
+
+_TOPOLOGY: OrderedDict[tuple, tuple] = OrderedDict()
+
+
+def _topology(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(E, 2) unique edges (low, high vertex), (F, 3) each face's edges (v0v1, v1v2, v2v0) and
+    (E, 2) each edge's two faces (None unless every edge has exactly two)."""
+    key = (faces.shape, hash(faces.tobytes()))
+    hit = _TOPOLOGY.get(key)
+    if hit is None:
+        pairs = np.stack([faces, np.roll(faces, -1, axis=1)], axis=2).reshape(-1, 2)
+        edges, inverse, counts = np.unique(np.sort(pairs, axis=1), axis=0, return_inverse=True,
+                                           return_counts=True)
+        inverse = inverse.reshape(-1)
+        edge_faces = None
+        if len(counts) and (counts == 2).all():
+            order = np.argsort(inverse, kind="stable")
+            edge_faces = (order // 3).reshape(-1, 2)
+        hit = edges, inverse.reshape(-1, 3), edge_faces
+        _TOPOLOGY[key] = hit
+        while len(_TOPOLOGY) > 4:
+            _TOPOLOGY.popitem(last=False)
+    return hit
+
+
+def _section_loops(mesh: _Mesh, origin: np.ndarray, normal: np.ndarray) -> list[np.ndarray]:
+    """The plane's cut through the mesh as loops (N, 3): the points where it crosses the mesh's
+    edges, one array per connected cut (each face the plane crosses joins the two points on its
+    crossed edges). A vertex on the plane counts as on its positive side. The points of a loop
+    are unordered: what is read of a loop (its convex hull, its centre) does not need an
+    order. Loops of fewer than 3 points are left out."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    d = mesh.vertices @ np.asarray(normal, np.float64) - float(np.dot(origin, normal))
+    side = d >= 0.0
+    a, b = mesh.edges[:, 0], mesh.edges[:, 1]
+    ids = np.flatnonzero(side[a] != side[b])
+    if not len(ids):
         return []
-    return [np.asarray(d) for d in section.discrete if len(d) >= 3]
+    ea, eb = a[ids], b[ids]
+    t = (d[ea] / (d[ea] - d[eb]))[:, None]
+    points = mesh.vertices[ea] + t * (mesh.vertices[eb] - mesh.vertices[ea])
+    n = len(ids)
+    if mesh.edge_faces is not None:
+        # each crossed face holds exactly two crossed edges: its two entries, side by side
+        # once sorted by face, are the points it joins
+        faces = mesh.edge_faces[ids].reshape(-1)
+        pair = np.repeat(np.arange(n), 2)[np.argsort(faces, kind="stable")].reshape(-1, 2)
+    else:
+        node = np.full(len(mesh.edges), -1, np.int64)
+        node[ids] = np.arange(n)
+        fe = node[mesh.face_edges]  # (F, 3): each face's crossed edges as points, -1 if not crossed
+        cut = (fe >= 0).sum(1) == 2
+        pair = np.sort(fe[cut], axis=1)[:, 1:]  # the two crossed edges' points (-1 first, dropped)
+    graph = coo_matrix((np.ones(len(pair)), (pair[:, 0], pair[:, 1])), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    order = np.argsort(label, kind="stable")
+    bounds = np.flatnonzero(np.diff(label[order])) + 1
+    return [points[g] for g in np.split(order, bounds) if len(g) >= 3]
 
 
 def _hull_perimeter(points_2d: np.ndarray) -> float:
@@ -121,7 +177,7 @@ def _hull_perimeter(points_2d: np.ndarray) -> float:
     return float(np.linalg.norm(hull - np.roll(hull, 1, axis=0), axis=1).sum())
 
 
-def _limb_girth(mesh: trimesh.Trimesh, centre: np.ndarray, direction: np.ndarray) -> float:
+def _limb_girth(mesh: "_Mesh", centre: np.ndarray, direction: np.ndarray) -> float:
     """Tape girth of the loop nearest ``centre`` in the plane through it normal to ``direction``."""
     n = direction / np.linalg.norm(direction)
     loops = _section_loops(mesh, centre, n)
