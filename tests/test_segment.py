@@ -111,3 +111,56 @@ def test_a_colour_model_gone_wrong_does_not_take_the_whole_envelope():
     beside = (int((sh[1] + el[1]) / 2) + 40, int(kp[12, 0]) - 25)  # below the right arm, beside the trunk
     assert not mask[beside[0] - 5:beside[0] + 5, beside[1] - 5:beside[1] + 5].any()
     assert not mask[int(kp[0, 1]) - 10:int(kp[0, 1]) + 10, x1 + 5:x1 + 40].any()
+
+
+def _figure_legs_apart(between: bool, beside_head: bool) -> tuple[np.ndarray, np.ndarray, Detection]:
+    """A figure in a light top and dark trousers, legs apart, its keypoints where they belong,
+    on a grey background; with ``between`` a background board of the trousers' colour fills the
+    gap between the legs below the crotch (touching both), with ``beside_head`` boards of the
+    top's colour stand beside the head above the shoulders (touching them). → (photo, the
+    figure's true pixels, detection)."""
+    top, trousers = (200, 200, 190), (35, 38, 70)
+    rng = np.random.default_rng(3)
+    img = np.clip(rng.normal(120, 5, (1200, 800, 3)), 0, 255).astype(np.uint8)
+    if between:
+        cv2.fillConvexPoly(img, np.array([(400, 700), (520, 1120), (280, 1120)]), trousers)
+    if beside_head:
+        img[120:262, 250:345] = top
+        img[120:262, 455:550] = top
+    fig = np.zeros(img.shape[:2], np.uint8)
+    cv2.circle(fig, (400, 180), 55, 1, -1)
+    cv2.rectangle(fig, (380, 230), (420, 250), 1, -1)  # the neck
+    cv2.rectangle(fig, (330, 245), (470, 640), 2, -1)
+    cv2.line(fig, (345, 262), (285, 520), 2, 26)
+    cv2.line(fig, (455, 262), (515, 520), 2, 26)
+    cv2.fillConvexPoly(fig, np.array([(332, 630), (398, 630), (300, 1120), (240, 1120)]), 3)
+    cv2.fillConvexPoly(fig, np.array([(402, 630), (468, 630), (560, 1120), (500, 1120)]), 3)
+    img[fig == 1] = (200, 160, 130)
+    img[fig == 2] = top
+    img[fig == 3] = trousers
+    kp = np.array([
+        (400, 170), (416, 160), (384, 160), (430, 170), (370, 170),  # the person's left: the image's right
+        (450, 262), (350, 262), (482, 390), (318, 390), (515, 520), (285, 520),
+        (434, 640), (366, 640), (482, 880), (318, 880), (528, 1100), (272, 1100),
+    ], np.float64)
+    keypoints = np.concatenate([kp, np.ones((17, 1))], 1)
+    return img, fig > 0, Detection(box=np.array([230.0, 115.0, 570.0, 1125.0]), score=0.9, keypoints=keypoints)
+
+
+def test_a_board_of_the_trousers_colour_between_the_legs_is_background():
+    """Between legs apart, below the crotch and further from both legs' lines than a leg's
+    half-width, no person lies (``segment.LEG_ROOM``): GrabCut took such a gap for trousers."""
+    img, fig, det = _figure_legs_apart(between=True, beside_head=False)
+    mask = grabcut_person(img, det)
+    assert (mask & fig).sum() > 0.9 * fig.sum()
+    assert not mask[1000:1100, 390:410].any()  # the middle of the gap, low between the legs
+
+
+def test_boards_of_the_tops_colour_beside_the_head_are_background():
+    """Above the shoulders a person is the head, the neck and raised arms
+    (``segment._above_shoulders``): boards of the top's colour beside the head are not taken."""
+    img, fig, det = _figure_legs_apart(between=False, beside_head=True)
+    mask = grabcut_person(img, det)
+    assert (mask & fig).sum() > 0.9 * fig.sum()
+    assert mask[130, 400] and mask[240, 400]  # the top of the head and the neck
+    assert not mask[140:180, 260:300].any() and not mask[140:180, 500:540].any()
