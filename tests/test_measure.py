@@ -62,7 +62,7 @@ def test_an_open_mesh_is_cut_by_the_general_path_alike():
 @pytest.mark.slow
 def test_a_bodys_cuts_match_trimeshs_sections(anny_body):
     """Every plane the measurements cut a body with, against trimesh's section: the same loops
-    (count, points) and so the same tape girths."""
+    (count, points) and the same tape girths."""
     import torch
     import trimesh
 
@@ -89,5 +89,3 @@ def test_a_bodys_cuts_match_trimeshs_sections(anny_body):
             gap = np.linalg.norm(la[:, None] - lb[None], axis=2)
             assert gap.min(1).max() < 2e-5 and gap.min(0).max() < 2e-5
             assert M._hull_perimeter(la[:, [0, 2]]) == pytest.approx(M._hull_perimeter(lb[:, [0, 2]]), abs=1e-6)
-    girths = M.measure(v, anny_body.faces, kp)
-    assert girths == truth.measurements

@@ -219,11 +219,7 @@ def _between_legs(kp: np.ndarray, shape: tuple[int, int], body_h: int) -> np.nda
     room = np.interp(t, *zip(*LEG_ROOM)) * body_h
     xs = np.arange(shape[1])[None, :]
     out[ys] = (xs > (lo + room)[:, None]) & (xs < (hi - room)[:, None])
-    hands = np.zeros(shape, np.uint8)
-    for w in (9, 10):
-        if kp[w, 2] >= 0.3:
-            cv2.circle(hands, (int(round(kp[w, 0])), int(round(kp[w, 1]))), int(HAND * body_h), 1, -1)
-    return out & (hands == 0)
+    return out & ~_hands(kp, shape, body_h)
 
 
 def _ring(dist: np.ndarray, kp: np.ndarray, body_h: int) -> np.ndarray:
@@ -231,10 +227,15 @@ def _ring(dist: np.ndarray, kp: np.ndarray, body_h: int) -> np.ndarray:
     from the hands."""
     ring = dist > RING * body_h
     ring[max(0, int(min(kp[13, 1], kp[14, 1]))):] = False
-    hands = np.zeros(ring.shape, np.uint8)
+    return ring & ~_hands(kp, ring.shape, body_h)
+
+
+def _hands(kp: np.ndarray, shape: tuple[int, int], body_h: int) -> np.ndarray:
+    """(H, W) bool: within ``HAND`` (of the box height) of either wrist."""
+    hands = np.zeros(shape, np.uint8)
     for w in (9, 10):
         cv2.circle(hands, (int(round(kp[w, 0])), int(round(kp[w, 1]))), int(HAND * body_h), 1, -1)
-    return ring & (hands == 0)
+    return hands > 0
 
 
 def _grabcut(small: np.ndarray, mask: np.ndarray) -> np.ndarray:
