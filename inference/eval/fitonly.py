@@ -108,6 +108,7 @@ def run_fit_only(set_dir: Path, device: str = "cpu", fit=None, inputs: str = "ex
                          "prior_mean": f.diagnostics.get("prior_mean"),
                          "clothing_read": f.diagnostics.get("clothing_read", clothing),
                          "cloth_predicted_cm": f.diagnostics.get("cloth_predicted_cm"),
+                         "cloth_gap_cm": f.diagnostics.get("cloth_gap_cm"),
                          "prior_features": f.diagnostics.get("prior_features")})
         log(f"{case.name}: chest/waist/hip {signed['chest']:+.1f}/{signed['waist']:+.1f}/{signed['hip']:+.1f}")
     return {"cases": len(cases),

@@ -2,6 +2,8 @@
 
 The subject is the largest confident person. A photo whose subject is cut off (no head or no
 ankles inside the frame) is refused: a body model fitted to half a body invents the rest.
+Every photo is read twice, as it is and mirrored (one batch): where the mirrored reading has
+the person's legs clearly further apart, its legs are taken (``merge_mirrored``).
 """
 from __future__ import annotations
 
@@ -16,12 +18,17 @@ PERSON_SCORE = 0.4  # a detection below this is not "a person"
 KEYPOINT_SEEN = 0.5  # a keypoint at or above this confidence is in the photo
 HEAD = (0, 1, 2, 3, 4)
 ANKLES = (15, 16)
+# COCO keypoints of the mirrored image: left and right swap
+MIRROR = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
+MIRROR_MIN_IOU = 0.5  # a detection in the mirrored photo is the same person's above this box IoU
+LEGS = [13, 14, 15, 16]  # knees, ankles
+LEGS_WIDER = 0.3  # torso lengths (knees' and ankles' spreads summed) for the mirrored legs to win
 
 
 class Detector:
     """YOLO pose model, loaded once."""
 
-    def __init__(self, weights: Path, device: str = "cpu"):
+    def __init__(self, weights: Path, device: str = "cpu", mirror: bool = True):
         from inference.compat import ensure_torchvision_nms
 
         ensure_torchvision_nms()
@@ -31,11 +38,23 @@ class Detector:
         self.device = device
         self.model = YOLO(str(self.weights), task="pose")
         self.name = self.weights.stem
+        self.mirror = mirror
 
     def detect(self, images: list[np.ndarray]) -> list[list[Detection]]:
-        """RGB images → for each, every person found (unsorted)."""
+        """RGB images → for each, every person found (unsorted). With ``mirror``, each photo is
+        also read mirrored, and a person's legs may come from that reading (``merge_mirrored``)."""
         bgr = [np.ascontiguousarray(img[:, :, ::-1]) for img in images]
+        if self.mirror:
+            bgr += [np.ascontiguousarray(b[:, ::-1]) for b in bgr]
         results = self.model.predict(bgr, verbose=False, device=self.device, conf=0.25)
+        out = self._people(results)
+        if not self.mirror:
+            return out
+        n = len(images)
+        return [merge_mirrored(out[i], out[n + i], images[i].shape[1]) for i in range(n)]
+
+    @staticmethod
+    def _people(results) -> list[list[Detection]]:
         out: list[list[Detection]] = []
         for res in results:
             people: list[Detection] = []
@@ -48,6 +67,53 @@ class Detector:
                                             keypoints=kp.astype(np.float64)))
             out.append(people)
         return out
+
+
+def unmirror(person: Detection, width: int) -> Detection:
+    """A detection in the mirrored photo (``width`` pixels wide) in the photo's coordinates."""
+    x1, y1, x2, y2 = person.box
+    kp = person.keypoints[list(MIRROR)].copy()
+    kp[:, 0] = width - kp[:, 0]
+    return Detection(box=np.array([width - x2, y1, width - x1, y2], dtype=np.float64),
+                     score=person.score, keypoints=kp)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def merge_mirrored(people: list[Detection], mirrored: list[Detection], width: int) -> list[Detection]:
+    """Each person of the photo with the legs of the same person as read in the mirrored photo
+    where that reading has them clearly further apart (``LEGS_WIDER``). A small pose detector's
+    errors are not mirror-symmetric: on a busy background it puts both legs in the gap between
+    them (or swaps them) in one reading and not in the other, and it does not invent a spread
+    that is not there (on 120 dev photos the two readings differed that much on 5, and the wider
+    one was nearer the truth on all 5). Everything else is the photo's own reading."""
+    back = [unmirror(m, width) for m in mirrored]
+    out = []
+    for p in people:
+        best = max(back, key=lambda m: box_iou(p.box, m.box), default=None)
+        if best is not None and box_iou(p.box, best.box) >= MIRROR_MIN_IOU \
+                and legs_spread(best.keypoints) > legs_spread(p.keypoints) + LEGS_WIDER:
+            kp = p.keypoints.copy()
+            kp[LEGS] = best.keypoints[LEGS]
+            p = Detection(box=p.box, score=p.score, keypoints=kp)
+        out.append(p)
+    return out
+
+
+def legs_spread(kp: np.ndarray) -> float:
+    """How far apart the knees and the ankles are across the image (the person's left minus
+    their right, so negative when crossed), in torso lengths; -inf when not all seen."""
+    need = [5, 6, 11, 12, *LEGS]
+    if min(kp[need, 2]) < KEYPOINT_SEEN:
+        return float("-inf")
+    torso = abs(0.5 * (kp[11, 1] + kp[12, 1]) - 0.5 * (kp[5, 1] + kp[6, 1]))
+    return float((kp[13, 0] - kp[14, 0] + kp[15, 0] - kp[16, 0]) / max(torso, 1.0))
 
 
 # (left, right) COCO pairs whose order across the image a frontal photo fixes: knees, ankles,
