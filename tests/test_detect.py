@@ -99,6 +99,11 @@ def test_mirrored_legs_need_the_same_person_and_seen_keypoints():
     unsure = _person([60, 10, 140, 210], (125, 75, 135, 65), kp_conf=0.3)  # legs not surely seen
     assert np.allclose(merge_mirrored([collapsed], [_mirror(unsure)], 200)[0].keypoints,
                        collapsed.keypoints)
+    # the photo's own reading unsure of its legs: kept (its check for cut-off feet stands)
+    unsure_here = _person([60, 10, 140, 210], (103, 97, 104, 96), kp_conf=0.3)
+    spread = _person([60, 10, 140, 210], (125, 75, 135, 65))
+    assert np.allclose(merge_mirrored([unsure_here], [_mirror(spread)], 200)[0].keypoints,
+                       unsure_here.keypoints)
     assert merge_mirrored([collapsed], [], 200)[0] is collapsed  # nobody in the mirrored photo
 
 

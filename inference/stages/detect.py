@@ -92,13 +92,17 @@ def merge_mirrored(people: list[Detection], mirrored: list[Detection], width: in
     errors are not mirror-symmetric: on a busy background it puts both legs in the gap between
     them (or swaps them) in one reading and not in the other, and it does not invent a spread
     that is not there (on 120 dev photos the two readings differed that much on 5, and the wider
-    one was nearer the truth on all 5). Everything else is the photo's own reading."""
+    one was nearer the truth on all 5). Both readings must see the shoulders, hips, knees and
+    ankles (``KEYPOINT_SEEN``). Everything else is the photo's own reading."""
     back = [unmirror(m, width) for m in mirrored]
     out = []
     for p in people:
         best = max(back, key=lambda m: box_iou(p.box, m.box), default=None)
-        if best is not None and box_iou(p.box, best.box) >= MIRROR_MIN_IOU \
-                and legs_spread(best.keypoints) > legs_spread(p.keypoints) + LEGS_WIDER:
+        if best is None or box_iou(p.box, best.box) < MIRROR_MIN_IOU:
+            out.append(p)
+            continue
+        ours, theirs = legs_spread(p.keypoints), legs_spread(best.keypoints)
+        if np.isfinite(ours) and np.isfinite(theirs) and theirs > ours + LEGS_WIDER:
             kp = p.keypoints.copy()
             kp[LEGS] = best.keypoints[LEGS]
             p = Detection(box=p.box, score=p.score, keypoints=kp)
