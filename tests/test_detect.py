@@ -107,12 +107,11 @@ def test_mirrored_legs_need_the_same_person_and_seen_keypoints():
     assert merge_mirrored([collapsed], [], 200)[0] is collapsed  # nobody in the mirrored photo
 
 
-def test_the_mirrored_reading_leaves_a_clear_photo_as_it_was(weights_dir, bus_jpg):
+def test_the_mirrored_reading_leaves_a_clear_photo_as_it_was(detector, weights_dir, bus_jpg):
     """bus.jpg's subject stands with the legs apart on a plain street: both readings agree, so
     the detector with ``mirror`` (the default) returns the photo's own reading."""
     photo = load_photo(bus_jpg)
     plain = choose_subject(Detector(weights_dir / "yolo11n-pose.pt", mirror=False).detect([photo.image])[0],
                            photo.image.shape)
-    both = choose_subject(Detector(weights_dir / "yolo11n-pose.pt").detect([photo.image])[0],
-                          photo.image.shape)
+    both = choose_subject(detector.detect([photo.image])[0], photo.image.shape)
     assert np.allclose(both.keypoints, plain.keypoints) and np.allclose(both.box, plain.box)

@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from inference.errors import InputError
-from inference.types import Detection
+from inference.types import COCO_KEYPOINTS, Detection
 
 PERSON_SCORE = 0.4  # a detection below this is not "a person"
 KEYPOINT_SEEN = 0.5  # a keypoint at or above this confidence is in the photo
 HEAD = (0, 1, 2, 3, 4)
 ANKLES = (15, 16)
 # COCO keypoints of the mirrored image: left and right swap
-MIRROR = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
+MIRROR = tuple(COCO_KEYPOINTS.index(n.replace("left_", "@").replace("right_", "left_").replace("@", "right_"))
+               for n in COCO_KEYPOINTS)
 MIRROR_MIN_IOU = 0.5  # a detection in the mirrored photo is the same person's above this box IoU
 LEGS = [13, 14, 15, 16]  # knees, ankles
 LEGS_WIDER = 0.3  # torso lengths (knees' and ankles' spreads summed) for the mirrored legs to win
@@ -78,14 +79,6 @@ def unmirror(person: Detection, width: int) -> Detection:
                      score=person.score, keypoints=kp)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def merge_mirrored(people: list[Detection], mirrored: list[Detection], width: int) -> list[Detection]:
     """Each person of the photo with the legs of the same person as read in the mirrored photo
     where that reading has them clearly further apart (``LEGS_WIDER``). A small pose detector's
@@ -94,11 +87,19 @@ def merge_mirrored(people: list[Detection], mirrored: list[Detection], width: in
     that is not there (on 120 dev photos the two readings differed that much on 5, and the wider
     one was nearer the truth on all 5). Both readings must see the shoulders, hips, knees and
     ankles (``KEYPOINT_SEEN``). Everything else is the photo's own reading."""
+    import torch
+
+    from inference.compat import box_iou
+
     back = [unmirror(m, width) for m in mirrored]
+    if not people or not back:
+        return list(people)
+    iou = box_iou(torch.as_tensor(np.stack([p.box for p in people])),
+                  torch.as_tensor(np.stack([m.box for m in back]))).numpy()
     out = []
-    for p in people:
-        best = max(back, key=lambda m: box_iou(p.box, m.box), default=None)
-        if best is None or box_iou(p.box, best.box) < MIRROR_MIN_IOU:
+    for p, row in zip(people, iou):
+        best = back[int(row.argmax())]
+        if row.max() < MIRROR_MIN_IOU:
             out.append(p)
             continue
         ours, theirs = legs_spread(p.keypoints), legs_spread(best.keypoints)
