@@ -110,14 +110,25 @@ async def stop_beating(pool: ArqRedis, name: str) -> None:
     await pool.delete(WORKER_KEY.format(name=name))
 
 
-async def data_age(pool: ArqRedis) -> float:
-    """Seconds since this Redis's data began: a marker set once, which goes with the data. A
-    heartbeat missing from a Redis younger than the heartbeat's life proves no worker dead: after
-    a restart without its data every live worker's beat is gone until its next one."""
+async def redis_age(pool: ArqRedis) -> float:
+    """Seconds since this Redis began its data or last started, whichever is later. A heartbeat
+    missing from a Redis younger than the heartbeat's life proves no worker dead: after a restart
+    without its data every live worker's beat is gone until its next one, and after a restart that
+    kept its data a beat whose life ran out while the server was down is gone too. The marker (the
+    server's ``run_id``, new at every start, and when this code first saw it) goes with the data
+    and is set afresh when the run_id it names is not the server's."""
     now = time.time()
-    await pool.set(EPOCH_KEY, repr(now), nx=True)
+    run_id = (await pool.info("server"))["run_id"]
+    await pool.set(EPOCH_KEY, json.dumps({"run_id": run_id, "since": now}), nx=True)
     raw = await pool.get(EPOCH_KEY)
-    return now - float(raw.decode() if isinstance(raw, bytes) else raw)
+    try:
+        mark = json.loads(raw)
+        if mark["run_id"] == run_id:
+            return now - float(mark["since"])
+    except (TypeError, ValueError, KeyError):  # an older marker (a bare time): set afresh
+        pass
+    await pool.set(EPOCH_KEY, json.dumps({"run_id": run_id, "since": now}))
+    return 0.0
 
 
 async def live_workers(pool: ArqRedis, queue_name: str) -> list[dict]:

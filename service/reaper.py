@@ -2,7 +2,7 @@
 
 Workers beat a heartbeat in Redis; a processing job whose worker stopped beating (SIGKILL, OOM,
 a lost machine) goes back to the queue, or fails once it used up ``JOB_MAX_TRIES`` (but not in the
-first heartbeat TTL after Redis lost its data, when no live worker has beaten yet). A job past its
+first heartbeat TTL after Redis restarted, when live workers may not have beaten again yet). A job past its
 deadline fails. A queued job that Redis no longer holds (a Redis restart without its data, arq
 dropping an expired entry, a worker that could not take it) is queued again. One API process at a
 time sweeps (a Redis lock), however many run.
@@ -69,8 +69,9 @@ class Reaper:
         for job in [j for j in open_jobs if j.created_at < deadline]:
             await self._fail_late(job, done)
         open_jobs = [j for j in open_jobs if j.created_at >= deadline]
-        # right after Redis lost its data no heartbeat is there yet: give live workers one TTL to beat
-        beats_count = await queue.data_age(self.redis) >= self.settings.heartbeat_ttl_seconds
+        # right after Redis restarted (its data lost, or kept while beats ran out) live workers'
+        # beats may be missing: give them one TTL to beat again
+        beats_count = await queue.redis_age(self.redis) >= self.settings.heartbeat_ttl_seconds
         for job in open_jobs:
             if job.status == jobs.PROCESSING and beats_count and self._worker_lost(job, workers.get(job.worker), now):
                 await self._hand_back(job, done)

@@ -3,6 +3,7 @@ deadline, a queued job Redis lost. Real Redis, SQLite, a local storage folder.""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import timedelta
 
@@ -13,11 +14,18 @@ from service.objects import artefact_key
 from service.reaper import Reaper
 
 
+async def mark_redis_age(redis, age_s: float, run_id: str | None = None) -> None:
+    """Make the reaper's marker say this Redis (or, given ``run_id``, that run of it) began
+    ``age_s`` ago."""
+    run_id = run_id or (await redis.info("server"))["run_id"]
+    await redis.set(queue.EPOCH_KEY, json.dumps({"run_id": run_id, "since": time.time() - age_s}))
+
+
 def sweep_once(tmp_path, redis_url, scenario, redis_age_s: float = 3600, **settings):
     """Run ``scenario`` with a reaper over a Redis whose data is ``redis_age_s`` old."""
     async def go():
         async with kit(tmp_path, redis_url, **settings) as k:
-            await k.redis.set(queue.EPOCH_KEY, repr(time.time() - redis_age_s))
+            await mark_redis_age(k.redis, redis_age_s)
             return await scenario(k, Reaper(k.settings, k.sessions, k.redis, k.storage))
     return asyncio.run(go())
 
@@ -48,6 +56,24 @@ def test_a_missing_heartbeat_counts_only_once_redis_is_older_than_a_heartbeat(tm
         return fresh, beaten, await k.job(job.id)
     fresh, beaten, job = sweep_once(tmp_path, redis_url, scenario, redis_age_s=1)
     assert (fresh.requeued, fresh.failed, beaten.requeued, job.status) == ([], [], [], "processing")
+
+
+def test_a_redis_restarted_with_its_data_kept_counts_as_new_for_heartbeats(tmp_path, redis_url):
+    """Redis down longer than a heartbeat's life, its data kept: the beats ran out while it was
+    down and the marker of its data is old, but the server's run is new; a job its worker is still
+    running must not be handed to another before that worker could beat again."""
+    async def scenario(k, reaper):
+        await mark_redis_age(k.redis, 3600, run_id="0" * 40)  # the run before the restart
+        job = await k.new_job(jobs.PROCESSING, worker="w:1:ab", attempts=1)
+        fresh = await reaper.sweep()
+        age = await queue.redis_age(k.redis)
+        await mark_redis_age(k.redis, 3600)  # a heartbeat's life later, still no beat: it is lost
+        later = await reaper.sweep()
+        return job.id, fresh, age, later
+    job_id, fresh, age, later = sweep_once(tmp_path, redis_url, scenario)
+    assert (fresh.requeued, fresh.failed) == ([], [])
+    assert 0 <= age < 60
+    assert later.requeued == [job_id]
 
 
 def test_a_dead_workers_job_fails_once_its_tries_are_used(tmp_path, redis_url):
