@@ -115,3 +115,31 @@ def test_the_mirrored_reading_leaves_a_clear_photo_as_it_was(detector, weights_d
                            photo.image.shape)
     both = choose_subject(detector.detect([photo.image])[0], photo.image.shape)
     assert np.allclose(both.keypoints, plain.keypoints) and np.allclose(both.box, plain.box)
+
+
+def test_only_a_subject_with_legs_read_close_together_is_read_again_mirrored(weights_dir, bus_jpg):
+    """The mirrored reading costs a second pass of the pose model: a photo whose subject's legs
+    are read clearly apart (bus.jpg stretched across, ``legs_spread`` ~2) is not read again, one
+    whose subject's legs are read close together (the same squeezed) is, and gets the merge."""
+    import cv2
+
+    from inference.stages.detect import LEGS_APART, largest_confident, legs_spread, merge_mirrored
+
+    class Counting(Detector):
+        def _read(self, bgr):
+            self.reads.append(len(bgr))
+            return super()._read(bgr)
+
+    image = load_photo(bus_jpg).image
+    apart, close = (cv2.resize(image, None, fx=fx, fy=1.0) for fx in (1.5, 0.6))
+    plain = Detector(weights_dir / "yolo11n-pose.pt", mirror=False)
+    spreads = [legs_spread(largest_confident(plain.detect([im])[0]).keypoints) for im in (apart, close)]
+    assert spreads[0] > LEGS_APART > spreads[1]
+    det = Counting(weights_dir / "yolo11n-pose.pt")
+    det.reads = []
+    got = det.detect([apart, close])
+    assert det.reads == [2, 1]  # both photos, then the squeezed one mirrored
+    own = plain.detect([apart, close])  # read as one batch, as the detector did
+    assert all(np.allclose(a.keypoints, b.keypoints) for a, b in zip(got[0], own[0]))
+    expected = merge_mirrored(own[1], plain.detect([np.ascontiguousarray(close[:, ::-1])])[0], close.shape[1])
+    assert all(np.allclose(a.keypoints, b.keypoints) for a, b in zip(got[1], expected))
