@@ -12,7 +12,7 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,7 @@ from inference.stages.detect import Detector, choose_subject
 from inference.stages.fit import FitConfig, Fitter, FitResult, FitTarget
 from inference.stages.load import DEFAULT_MAX_PIXELS, DEFAULT_WORK_SIZE, load_photo
 from inference.stages.measure import measure
-from inference.stages.segment import Segmenter
+from inference.stages.segment import Segmenter, legs_from_mask
 from inference.types import Photo, Subject
 from inference import weights as W
 
@@ -357,6 +357,9 @@ class Pipeline:
     def _stage_segment(self, jobs, staging, state):
         state["masks"] = [self.segmenter.segment(p.image, s)
                           for p, s in zip(state["photos"], state["subjects"])]
+        for i, (s, mask) in enumerate(zip(state["subjects"], state["masks"])):
+            if (kp := legs_from_mask(s.keypoints, mask)) is not None:  # legs read in the gap between them
+                state["subjects"][i] = replace(s, keypoints=kp)
 
     def _stage_fit(self, jobs, staging, state):
         if staging is not None:  # a run that renders: its viewports are made ready during the fit

@@ -164,3 +164,46 @@ def test_boards_of_the_tops_colour_beside_the_head_are_background():
     assert (mask & fig).sum() > 0.9 * fig.sum()
     assert mask[130, 400] and mask[240, 400]  # the top of the head and the neck
     assert not mask[140:180, 260:300].any() and not mask[140:180, 500:540].any()
+
+
+def _collapsed_legs(det: Detection) -> Detection:
+    """The same detection with the knees and ankles read together in the gap between the legs,
+    left still left (the detector did this on both readings of a few wide-set photos)."""
+    kp = det.keypoints.copy()
+    kp[[13, 14, 15, 16], 0] = (410, 390, 408, 392)
+    return Detection(box=det.box, score=det.score, keypoints=kp)
+
+
+def test_legs_read_together_in_the_gap_leave_the_gap_to_the_background():
+    """Knees and ankles read on one line in the gap (``segment.LEGS_TOGETHER``) are not drawn as
+    surely person: the gap between the legs was taken for trousers, the mask's legs joined."""
+    from inference.stages.segment import legs_together
+
+    img, fig, det = _figure_legs_apart(between=False, beside_head=False)
+    det = _collapsed_legs(det)
+    assert legs_together(det.keypoints)
+    mask = grabcut_person(img, det)
+    assert (mask & fig).sum() > 0.9 * fig.sum()
+    assert not mask[900:1100, 395:405].any()
+
+
+def test_legs_read_together_are_moved_onto_the_legs_the_mask_shows():
+    """The fit started its legs at the keypoints and sat them in the gap (the person's legs
+    showed on both sides of the overlay): the knees and ankles move to the middles of the two
+    legs in the mask at their rows; nothing moves where the mask has the legs together or the
+    detector read them apart."""
+    from inference.stages.segment import legs_from_mask
+
+    img, fig, det = _figure_legs_apart(between=False, beside_head=False)
+    kp = _collapsed_legs(det).keypoints
+    moved = legs_from_mask(kp, fig)
+    # the legs' middles at the knees' row (880) and the ankles' (~1100), from the drawn polygons;
+    # the person's left leg on the image's right
+    assert abs(moved[13, 0] - 483.5) < 4 and abs(moved[14, 0] - 316.5) < 4
+    assert abs(moved[15, 0] - 526.0) < 4 and abs(moved[16, 0] - 274.0) < 4
+    assert np.allclose(moved[[13, 14, 15, 16], 1:], kp[[13, 14, 15, 16], 1:])  # rows, confidences
+    assert np.allclose(moved[:13], kp[:13])
+    joined = fig.copy()
+    joined[640:1120, 300:500] = True  # legs together in the mask too
+    assert legs_from_mask(kp, joined) is None
+    assert legs_from_mask(det.keypoints, fig) is None  # read apart: left as read

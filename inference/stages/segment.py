@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inference.stages.detect import crossed_sides
+from inference.stages.detect import crossed_sides, legs_spread
 from inference.types import Detection
 
 SKELETON = (
@@ -53,6 +53,39 @@ ABOVE_ROOM = 0.06
 LEG_ROOM = ((0.0, 0.09), (0.4, 0.09), (0.7, 0.075), (1.0, 0.0525))
 CROTCH = 0.12
 HAND = 0.13  # of the box height around each wrist: the hand, not the ring
+LEGS_TOGETHER = 0.8  # torso lengths (``legs_spread``): legs read closer are not drawn as seeds
+
+
+def legs_together(kp: np.ndarray) -> bool:
+    """Knees and ankles read (all seen, not crossed) closer than ``LEGS_TOGETHER``."""
+    return bool(0.0 <= legs_spread(kp) < LEGS_TOGETHER)
+
+
+def legs_from_mask(kp: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """Keypoints (17, 3) with the knees and the ankles moved across to the middles of the two
+    legs the silhouette shows at their rows, where the detector read them together
+    (``legs_together``) but the mask has the legs apart there; None where it does not (feet
+    really together, or no clear pair of legs at a row). The detector put both legs in the gap
+    between them in the photo's reading and the mirrored one: the fit, started and pulled there
+    by those keypoints, sat its legs in the gap while the person's showed on both sides."""
+    if not legs_together(kp):
+        return None
+    out = kp.copy()
+    h, w = mask.shape
+    hip_y = 0.5 * (kp[11, 1] + kp[12, 1])
+    for left, right in ((13, 14), (15, 16)):
+        y = int(round(0.5 * (kp[left, 1] + kp[right, 1])))
+        if not hip_y < y < h:
+            return None
+        band = mask[max(0, y - 2):min(h, y + 3)].mean(0) >= 0.5  # a few rows: a ragged edge is not a gap
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], band.astype(np.int8), [0]])))
+        runs = sorted(zip(edges[::2], edges[1::2]), key=lambda r: r[1] - r[0], reverse=True)[:2]
+        if len(runs) < 2 or min(b - a for a, b in runs) < 3:
+            return None
+        (a0, b0), (a1, b1) = sorted(runs)
+        # a frontal photo: the person's right leg on the image's left
+        out[right, 0], out[left, 0] = 0.5 * (a0 + b0 - 1), 0.5 * (a1 + b1 - 1)
+    return out if legs_spread(out) >= LEGS_TOGETHER else None
 
 
 class Segmenter:
@@ -111,6 +144,11 @@ def grabcut_person(image: np.ndarray, subject: Detection) -> np.ndarray:
     # limbs the detector got the wrong way round are not drawn: their lines would claim the
     # background between the legs as surely person
     crossed = crossed_sides(kp, 0.02 * body_h)
+    if legs_together(kp):
+        # knees and ankles read almost on one line: both legs put in the gap between them (in
+        # the photo's reading and the mirrored one), or feet really together, where GrabCut
+        # finds the legs by their colours without the lines
+        crossed = sorted(set(crossed) | {13, 14, 15, 16})
     kp[crossed, 2] = 0.0
     # what lies further from the whole skeleton than any part of a person can (a hand beyond
     # the wrist, a belly, loose clothes) is surely background: a background object behind the
