@@ -12,6 +12,7 @@ import time
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import in_progress_key_prefix, job_key_prefix
+from redis.exceptions import ResponseError
 
 from service.errors import DependencyError
 from service.waking import wake
@@ -118,12 +119,15 @@ async def redis_age(pool: ArqRedis) -> float:
     server's ``run_id``, new at every start, and when this code first saw it) goes with the data
     and is set afresh when the run_id it names is not the server's."""
     now = time.time()
-    run_id = (await pool.info("server"))["run_id"]
+    try:
+        run_id = str((await pool.info("server")).get("run_id", ""))
+    except ResponseError:  # a Redis that refuses INFO (some managed ones): the data's age alone
+        run_id = ""
     await pool.set(EPOCH_KEY, json.dumps({"run_id": run_id, "since": now}), nx=True)
     raw = await pool.get(EPOCH_KEY)
     try:
         mark = json.loads(raw)
-        if mark["run_id"] == run_id:
+        if mark["run_id"] == run_id or not run_id:
             return now - float(mark["since"])
     except (TypeError, ValueError, KeyError):  # an older marker (a bare time): set afresh
         pass

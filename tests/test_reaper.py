@@ -203,3 +203,33 @@ def test_a_worker_of_another_queue_on_the_same_redis_does_not_count(tmp_path, re
         return job.id, done
     job_id, done = sweep_once(tmp_path, redis_url, scenario)
     assert done.requeued == [job_id]
+
+
+def test_a_redis_that_refuses_info_still_lets_the_reaper_judge_heartbeats(tmp_path, redis_url):
+    """Some managed Redis services refuse INFO (where the server's run_id comes from): the
+    reaper then goes by the data's age alone, and a dead worker's job is still queued again."""
+    import redis as redis_py
+
+    admin = redis_py.Redis.from_url(redis_url)
+    admin.acl_setuser("noinfo", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                      commands=["+@all", "-info"])
+    try:
+        limited = redis_url.replace("redis://", "redis://noinfo:pw@", 1)
+
+        async def scenario(k, reaper):
+            with_info = await queue.redis_age(k.redis)  # the default user: the marker names the run
+            async with kit(tmp_path / "limited", limited) as lk:
+                try:
+                    await lk.redis.info("server")
+                    refused = False
+                except redis_py.exceptions.ResponseError:
+                    refused = True
+                job = await k.new_job(jobs.PROCESSING, worker="gone:1:ab", attempts=1)
+                done = await Reaper(k.settings, k.sessions, lk.redis, k.storage).sweep()
+                return refused, with_info, job.id, done
+        refused, with_info, job_id, done = sweep_once(tmp_path, redis_url, scenario)
+        assert refused and with_info > 3000
+        assert done.requeued == [job_id]
+    finally:
+        admin.acl_deluser("noinfo")
+        admin.close()

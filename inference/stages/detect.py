@@ -2,7 +2,7 @@
 
 The subject is the largest confident person. A photo whose subject is cut off (no head or no
 ankles inside the frame) is refused: a body model fitted to half a body invents the rest.
-A photo whose reading has someone's legs close together (or crossed) is read again mirrored:
+A photo whose subject's legs are read close together (or crossed) is read again mirrored:
 where the mirrored reading has the legs clearly further apart, its legs are taken
 (``merge_mirrored``).
 """
@@ -47,9 +47,10 @@ class Detector:
         self.mirror = mirror
 
     def detect(self, images: list[np.ndarray]) -> list[list[Detection]]:
-        """RGB images → for each, every person found (unsorted). With ``mirror``, a photo where
-        someone's legs are read close together (``LEGS_APART``) is read again mirrored, and that
-        person's legs may come from that reading (``merge_mirrored``)."""
+        """RGB images → for each, every person found (unsorted). With ``mirror``, a photo whose
+        subject (the largest confident person) has the legs read close together
+        (``LEGS_APART``) is read again mirrored, and a person's legs may come from that reading
+        (``merge_mirrored``)."""
         bgr = [np.ascontiguousarray(img[:, :, ::-1]) for img in images]
         out = self._read(bgr)
         if not self.mirror:

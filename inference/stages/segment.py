@@ -71,7 +71,7 @@ def legs_from_mask(kp: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
     if not legs_together(kp):
         return None
     out = kp.copy()
-    h, w = mask.shape
+    h = mask.shape[0]
     hip_y = 0.5 * (kp[11, 1] + kp[12, 1])
     for left, right in ((13, 14), (15, 16)):
         y = int(round(0.5 * (kp[left, 1] + kp[right, 1])))
