@@ -56,3 +56,18 @@ def test_the_full_runs_worst_photos_show_the_fitted_mass_and_a_failure_first():
     assert [w["case"] for w in worst] == ["case_002", "case_000"]
     assert worst[0]["errors"].startswith("failed: no person found")
     assert worst[1]["errors"] == "chest -4.0 waist +0.5 hip +1.0; mass 67.5 kg (true 70.0)"
+
+
+def test_fit_overrides_parse_tuples_and_refuse_what_is_not_a_number():
+    import pytest
+
+    from inference.errors import InputError
+    from inference.eval.report import fit_config
+
+    cfg = fit_config(["pose_axis_weights=1,0.5,0.05", "iterations=40", "cloth_gap=false"])
+    assert cfg.pose_axis_weights == (1.0, 0.5, 0.05)  # was ('1', ',', '0', ...): one string's characters
+    assert cfg.iterations == 40 and cfg.cloth_gap is False
+    with pytest.raises(InputError, match="pose_axis_weights"):
+        fit_config(["pose_axis_weights=1,x,0.05"])
+    with pytest.raises(InputError, match="expected KEY=VALUE"):
+        fit_config(["no_such_field=1"])

@@ -63,7 +63,8 @@ def fit_config(overrides: list[str]):
             changes[key] = raw.lower() in ("true", "1")
         else:
             try:
-                changes[key] = type(default)(raw)
+                changes[key] = (tuple(float(x) for x in raw.split(",")) if isinstance(default, tuple)
+                                else type(default)(raw))
             except (TypeError, ValueError) as exc:
                 raise InputError(f"--fit {item!r}: {exc}", "invalid_argument") from exc
     return dataclasses.replace(cfg, **changes)
