@@ -69,5 +69,7 @@ def test_fit_overrides_parse_tuples_and_refuse_what_is_not_a_number():
     assert cfg.iterations == 40 and cfg.cloth_gap is False
     with pytest.raises(InputError, match="pose_axis_weights"):
         fit_config(["pose_axis_weights=1,x,0.05"])
+    with pytest.raises(InputError, match="expected 3 comma-separated numbers"):
+        fit_config(["pose_axis_weights=1,0.5"])
     with pytest.raises(InputError, match="expected KEY=VALUE"):
         fit_config(["no_such_field=1"])

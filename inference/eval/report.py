@@ -67,6 +67,9 @@ def fit_config(overrides: list[str]):
                                 else type(default)(raw))
             except (TypeError, ValueError) as exc:
                 raise InputError(f"--fit {item!r}: {exc}", "invalid_argument") from exc
+            if isinstance(default, tuple) and len(changes[key]) != len(default):
+                raise InputError(f"--fit {item!r}: expected {len(default)} comma-separated numbers",
+                                 "invalid_argument")
     return dataclasses.replace(cfg, **changes)
 
 
