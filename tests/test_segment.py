@@ -71,6 +71,30 @@ def test_legs_the_detector_put_in_the_gap_are_still_segmented():
     assert not mask[900:1000, 395:405].any()
 
 
+def test_legs_read_swapped_still_bound_the_envelope():
+    """Knees and ankles read with their sides swapped are not drawn as person, but the person's
+    legs still lie around them: the envelope (beyond it surely background) is kept, built from
+    the polygon around the hips, knees and ankles. Without it a board of the trousers' colour
+    beside the feet, inside the box, was taken with the legs (0.86 of its far part)."""
+    img, legs, det = _figure_spread_legs()
+    kp = det.keypoints.copy()
+    # a frontal reading of the upper body (the person's left on the image's right), arms out
+    kp[[1, 2, 3, 4], :2] = kp[[2, 1, 4, 3], :2]
+    kp[[5, 7, 9], :2] = [(450, 260), (530, 380), (610, 500)]
+    kp[[6, 8, 10], :2] = [(350, 260), (270, 380), (190, 500)]
+    for a, b, w in (((350, 260), (270, 380), 26), ((270, 380), (190, 500), 22),
+                    ((450, 260), (530, 380), 26), ((530, 380), (610, 500), 22)):
+        cv2.line(img, a, b, (200, 160, 130), w)
+    board = np.zeros_like(legs)
+    board[980:1110, 150:330] = True
+    board &= ~legs
+    img[board] = (35, 38, 70)
+    mask = grabcut_person(img, Detection(np.array([160.0, 110.0, 640.0, 1130.0]), det.score, kp))
+    assert mask[400, 400] and (mask & legs).sum() > 0.95 * legs.sum()
+    assert not mask[900:1000, 395:405].any()  # the gap between the legs
+    assert not mask[980:1110, 150:215].any()  # the board beyond the envelope
+
+
 def test_a_hand_beyond_the_wrist_is_not_cut_off():
     """The envelope around the skeleton (outside it: surely background) reaches past the wrist
     as far as a hand does."""

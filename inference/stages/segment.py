@@ -149,12 +149,13 @@ def grabcut_person(image: np.ndarray, subject: Detection) -> np.ndarray:
         # the photo's reading and the mirrored one), or feet really together, where GrabCut
         # finds the legs by their colours without the lines
         crossed = sorted(set(crossed) | {13, 14, 15, 16})
+    seen = kp.copy()
     kp[crossed, 2] = 0.0
     # what lies further from the whole skeleton than any part of a person can (a hand beyond
     # the wrist, a belly, loose clothes) is surely background: a background object behind the
     # person then teaches GrabCut its colour where it shows beside the body, and is not taken
     # for the person where it fills the gap between an arm and the trunk
-    dist = _skeleton_distance(kp, mask.shape)
+    dist = _skeleton_distance(kp, mask.shape, legs=seen)
     far = None if dist is None or ENVELOPE * body_h < 2 else dist > ENVELOPE * body_h
     if far is not None:
         far |= _above_shoulders(kp, mask.shape, body_h) | _between_legs(kp, mask.shape, body_h)
@@ -162,7 +163,8 @@ def grabcut_person(image: np.ndarray, subject: Detection) -> np.ndarray:
     seeds = _seeds(box_seeds, kp, body_h, far, fat=True)
     mask = seeds.copy()
     fg = _grabcut(small, mask)
-    if dist is not None:
+    if dist is not None and (kp[13:17, 2] >= 0.3).all():
+        # (legs not drawn: too little is surely person for a run seeded by the thin skeleton)
         ring = _ring(dist, kp, body_h) & (seeds != cv2.GC_BGD)
         taken = fg[ring].mean() if ring.any() else 0.0
         if taken > RING_MAX:
@@ -288,13 +290,26 @@ def _grabcut(small: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
 
 
-def _skeleton_distance(kp: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+def _skeleton_distance(kp: np.ndarray, shape: tuple[int, int], legs: np.ndarray | None = None) -> np.ndarray | None:
     """(H, W) float: each pixel's distance from the skeleton (limbs, the torso's quadrilateral,
     the face); None unless every limb and torso keypoint and a face keypoint was seen (a limb
-    not drawn would be cut off)."""
+    not drawn would be cut off). ``legs``: the keypoints as read, before knees and ankles read
+    with their sides swapped or together were taken out of ``kp``: such legs count by the
+    polygon around the hips, knees and ankles (whichever side is which, the legs lie in it)."""
+    hidden = [i for i in range(13, 17) if kp[i, 2] < 0.3]
+    if hidden and legs is not None and (legs[11:17, 2] >= 0.3).all():
+        kp = kp.copy()
+        kp[hidden, 2] = legs[hidden, 2]
+        hull = cv2.convexHull(np.round(legs[11:17, :2]).astype(np.int32))
+    else:
+        hull = None
     if not (kp[5:17, 2] >= 0.3).all() or not (kp[:5, 2] >= 0.3).any():
         return None
     drawn = np.zeros(shape, np.uint8)
+    if hull is not None:
+        cv2.fillConvexPoly(drawn, hull, 1)
+        kp = kp.copy()
+        kp[hidden, 2] = 0.0  # the polygon stands for them
     _draw_skeleton(drawn, kp, 1, 1, 1)
     _draw_head(drawn, kp, 1.0, 1)
     face = kp[:5][kp[:5, 2] >= 0.3, :2].mean(0)
