@@ -119,3 +119,38 @@ def test_detector_keypoints_shift_by_the_measured_table(body):
     assert d[L_ANKLE, 1] == pytest.approx(off[L_ANKLE, 1], abs=1e-4)
     assert d[L_HIP, 1] > 0.03 and d[L_ANKLE, 1] < -0.03  # detector hips higher, ankles lower
     assert np.allclose(d[:, 2], 0.0)
+
+
+def test_a_mask_that_lost_the_feet_or_the_heads_top_is_read_to_the_bodys_end(body, scene):
+    """The scale every width is read against is the silhouette's height: a mask that lost the
+    feet (dark shoes on a dark floor) or the top of the head read every width that much wider.
+    Where the mask stops short of the body's own rasterised silhouette by more than
+    ``TRUNCATED``, the height runs to the body's end there; a whole mask keeps its own extent,
+    hair above the body included; one where the body stands out at both ends is
+    read as it is (the scale as fitted is off there, not the mask)."""
+    mask, uv, kp_uv, labels = scene["mask"], scene["uv"], scene["kp_uv"], scene["labels"]
+    raster = W.rasterize(uv, body.faces, mask.shape)
+    rows = np.flatnonzero(mask.any(1))
+    whole = W.mask_widths(mask, uv, labels, kp_uv)
+    h = whole.height_px
+    W.whole_height(whole, mask, raster)
+    assert whole.height_px == pytest.approx(h, abs=2.0)
+
+    no_feet = mask.copy()
+    no_feet[rows.max() - int(0.06 * h):] = False  # the lowest 6 % gone
+    no_head = mask.copy()
+    no_head[:rows.min() + int(0.04 * h)] = False  # the top 4 % gone
+    hair = mask.copy()
+    hair[rows.min() - int(0.03 * h):rows.min(), 370:400] = True  # hair standing 3 % above the head
+    for cut, expected in ((no_feet, h), (no_head, h), (hair, h + int(0.03 * h))):
+        t = W.mask_widths(cut, uv, labels, kp_uv)
+        assert t.height_px < h - 0.03 * h or cut is hair  # what the mask's extent alone says
+        W.whole_height(t, cut, raster)
+        assert t.height_px == pytest.approx(expected, abs=3.0)
+    # a body standing out of a whole mask at both ends: its scale as fitted is off, not the mask
+    tall = raster.copy()
+    tall[rows.min() - int(0.03 * h):rows.min(), 370:400] = True
+    tall[rows.max():rows.max() + int(0.03 * h), 370:400] = True
+    t = W.mask_widths(mask, uv, labels, kp_uv)
+    W.whole_height(t, mask, tall)
+    assert t.height_px == pytest.approx(h, abs=2.0)

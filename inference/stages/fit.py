@@ -145,6 +145,7 @@ class FitConfig:
     sigma_natural_height: float = 0.01  # relative; for body models with ``natural_height``
     w_shape_solve_prior: float = 10.0
     widths_relative: bool = True
+    whole_height: bool = True  # ``widths.whole_height``: a mask that lost the feet or the head's top
     # the learned prior (``shape_prior``): stage C pulls the shape toward what the photo's
     # features predict, by the prediction's cross-validated spread times ``prior_scale``,
     # instead of toward the population's middle (off, or where the body model has none: the
@@ -866,6 +867,8 @@ class Fitter:
         raster = W.rasterize(uv, self.body.faces, target.mask.shape)
         wt = W.mask_widths(target.mask, uv, self.part_labels, kp_uv)
         own = W.mask_widths(raster, uv, self.part_labels, kp_uv)
+        if self.config.whole_height:
+            W.whole_height(wt, target.mask, raster)
         if across_limbs:
             torso = W.band_edges(kp_uv)[1]
             wt.limb_px = W.limb_widths(target.mask, kp_uv, torso)
