@@ -177,8 +177,8 @@ def whole_height(target: WidthTarget, mask: np.ndarray, raster: np.ndarray, keyp
     The detector says which end was lost (``keypoints`` (17, 3), pixels and confidence): the
     mask's bottom within ``FEET_LOST`` of its height below the lower ankle (a whole mask's was
     at least 0.036 below on the dev sets and the studio tuning set, one that lost 4 % or more at
-    most 0.021),
-    or its top within ``HEAD_LOST`` above the higher eye (at least 0.036 against at most 0.032);
+    most 0.021), or its top within ``HEAD_LOST`` above the higher eye (at least 0.036 against at
+    most 0.032);
     the body alone does not: placed with a height typed 2 cm off, it stood 2 % out of a whole
     studio mask."""
     ym, yo = np.flatnonzero(mask.any(1)), np.flatnonzero(raster.any(1))
