@@ -152,10 +152,10 @@ def test_a_mask_that_lost_the_feet_or_the_heads_top_is_read_to_the_bodys_end(bod
         t = W.mask_widths(cut, uv, labels, kp_uv)
         if cut is no_feet or cut is no_head:
             assert t.height_px < h - 0.03 * h  # what the mask's extent alone says
-        W.whole_height(t, cut, body_sil, kp)
+        W.whole_height(t, cut, body_sil, kp, 0.3)
         assert t.height_px == pytest.approx(expected, abs=3.0)
     unseen = kp.copy()
     unseen[[15, 16], 2] = 0.0  # ankles not seen: nothing says the feet were lost
     t = W.mask_widths(no_feet, uv, labels, kp_uv)
-    W.whole_height(t, no_feet, raster, unseen)
+    W.whole_height(t, no_feet, raster, unseen, 0.3)
     assert t.height_px < h - 0.03 * h

@@ -868,7 +868,7 @@ class Fitter:
         wt = W.mask_widths(target.mask, uv, self.part_labels, kp_uv)
         own = W.mask_widths(raster, uv, self.part_labels, kp_uv)
         if self.config.whole_height:
-            W.whole_height(wt, target.mask, raster, np.asarray(target.keypoints))
+            W.whole_height(wt, target.mask, raster, np.asarray(target.keypoints), KEYPOINT_MIN_CONF)
         if across_limbs:
             torso = W.band_edges(kp_uv)[1]
             wt.limb_px = W.limb_widths(target.mask, kp_uv, torso)

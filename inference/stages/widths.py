@@ -43,7 +43,6 @@ SUPERSAMPLE = 4  # ``rasterize``'s sub-pixels per pixel side
 # ankle lost the feet; one whose top lies less than HEAD_LOST above the higher eye, the head's top
 FEET_LOST = 0.03
 HEAD_LOST = 0.034
-KEYPOINT_SEEN = 0.3
 
 
 def part_labels(body: BodyModel, moved_m: float = 0.004, angle: float = 0.2) -> np.ndarray:
@@ -168,18 +167,19 @@ def mask_widths(mask: np.ndarray, uv: np.ndarray, labels: np.ndarray, kp_uv: np.
     return WidthTarget(edges=edges, width_px=width, valid=valid, height_px=height)
 
 
-def whole_height(target: WidthTarget, mask: np.ndarray, raster: np.ndarray, keypoints: np.ndarray) -> None:
+def whole_height(target: WidthTarget, mask: np.ndarray, raster: np.ndarray, keypoints: np.ndarray,
+                 min_conf: float) -> None:
     """Where the segmentation lost the feet (dark shoes on a dark floor) or the top of the head
     (hair like the wall), ``target.height_px`` (the scale every width is read against) runs to
     the end of the body as fitted so far (its rasterised silhouette ``raster``) there instead of
     the mask's. A mask a few percent short read every width that much wider: on the dev sets 19
     of 264 masks ended 1-9 % short of the true silhouette, and a hip came out 6 cm too large.
-    The detector says which end was lost (``keypoints`` (17, 3), pixels and confidence): the
-    mask's bottom within ``FEET_LOST`` of its height below the lower ankle (a whole mask's was
-    at least 0.036 below on the dev sets and the studio tuning set, one that lost 4 % or more at
-    most 0.021), or its top within ``HEAD_LOST`` above the higher eye (at least 0.036 against at
-    most 0.032);
-    the body alone does not: placed with a height typed 2 cm off, it stood 2 % out of a whole
+    The detector says which end was lost (``keypoints`` (17, 3), pixels and confidence; those
+    under ``min_conf`` say nothing): the mask's bottom within ``FEET_LOST`` of its height below
+    the lower ankle, or its top within ``HEAD_LOST`` above the higher eye. On the dev sets and
+    the studio tuning set a whole mask's were at least 0.036 away; one that lost 4 % or more of
+    the feet at most 0.021, one that lost 2 % or more of the head's top at most 0.032. The body
+    alone does not say it: placed with a height typed 2 cm off, it stood 2 % out of a whole
     studio mask."""
     ym, yo = np.flatnonzero(mask.any(1)), np.flatnonzero(raster.any(1))
     if not len(ym) or not len(yo):
@@ -187,8 +187,8 @@ def whole_height(target: WidthTarget, mask: np.ndarray, raster: np.ndarray, keyp
     top, bottom = int(ym.min()), int(ym.max())
     h = bottom - top + 1
     kp = np.asarray(keypoints)
-    ankles = kp[[L_ANKLE, R_ANKLE]][kp[[L_ANKLE, R_ANKLE], 2] >= KEYPOINT_SEEN]
-    eyes = kp[[1, 2]][kp[[1, 2], 2] >= KEYPOINT_SEEN]
+    ankles = kp[[L_ANKLE, R_ANKLE]][kp[[L_ANKLE, R_ANKLE], 2] >= min_conf]
+    eyes = kp[[1, 2]][kp[[1, 2], 2] >= min_conf]  # COCO's left and right eye
     if len(ankles) and bottom - ankles[:, 1].max() < FEET_LOST * h:
         bottom = max(bottom, int(yo.max()))
     if len(eyes) and eyes[:, 1].min() - top < HEAD_LOST * h:
