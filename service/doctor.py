@@ -35,12 +35,14 @@ async def run_checks() -> list[Check]:
 
 
 def _weights() -> Check:
-    from inference.weights import POSE_WEIGHTS, check, default_weights_dir
+    from inference.weights import PERSON_WEIGHTS, POSE_WEIGHTS, check, default_weights_dir
 
     wdir = default_weights_dir()
     rows = {name: (ok, detail) for name, ok, detail in check(wdir)}
-    ok, detail = rows.get(POSE_WEIGHTS.name, (False, "missing"))
-    return Check("weights", ok, f"{wdir}: {POSE_WEIGHTS.name} {detail}", "" if ok else "avatar weights fetch")
+    found = [(name, *rows.get(name, (False, "missing"))) for name in (POSE_WEIGHTS.name, PERSON_WEIGHTS.name)]
+    ok = all(good for _, good, _ in found)
+    return Check("weights", ok, f"{wdir}: " + "; ".join(f"{name} {detail}" for name, _, detail in found),
+                 "" if ok else "avatar weights fetch")
 
 
 def _gpu(device: str) -> Check:

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smpl_weights(weights_dir, tmp_path_factory):
     wdir = tmp_path_factory.mktemp("weights")
-    shutil.copy(weights_dir / "yolo11n-pose.pt", wdir / "yolo11n-pose.pt")
+    for name in ("yolo11n-pose.pt", "pose_landmark_full.tflite"):
+        shutil.copy(weights_dir / name, wdir / name)
     make_synthetic_smpl_dir(wdir / "smpl")
     return wdir
 
