@@ -46,6 +46,15 @@ def test_missing_weights_name_the_fix(bus_jpg, tmp_path):
     assert r.returncode == 3 and "avatar weights fetch" in r.stderr
 
 
+def test_a_missing_person_mask_model_names_the_fix(bus_jpg, tmp_path, weights_dir):
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    (wdir / "yolo11n-pose.pt").symlink_to(weights_dir / "yolo11n-pose.pt")
+    r = avatar("create", bus_jpg, "--height", "170", "--out", tmp_path / "out", "--weights-dir", wdir)
+    assert r.returncode == 3 and "pose_landmark_full.tflite" in r.stderr and "avatar weights fetch" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_smpl_without_files_names_the_fix(bus_jpg, tmp_path):
     r = avatar("create", bus_jpg, "--height", "170", "--out", tmp_path / "out",
                "--body-model", "smpl", "--weights-dir", tmp_path / "empty")
@@ -64,6 +73,7 @@ def test_weights_check_passes_after_fetch(weights_dir):
     r = avatar("weights", "check", "--weights-dir", weights_dir)
     assert r.returncode == 0, r.stdout
     assert "yolo11n-pose.pt" in r.stdout and "869e83fc" in r.stdout
+    assert "pose_landmark_full.tflite" in r.stdout and "e9a5c5cb" in r.stdout
 
 
 def test_weights_check_fails_on_a_corrupt_file(tmp_path, weights_dir):
