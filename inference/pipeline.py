@@ -130,14 +130,14 @@ class Pipeline:
         wdir = Path(cfg.weights_dir)
         self.body_model = self._choose_body_model(cfg.body_model, wdir)
         pose = W.pose_weights(wdir)  # raises MissingWeightError with the fix
-        W.person_weights(wdir)
+        person = W.person_weights(wdir)
         # first: a renderer of its own process starts now, beside the models' loading
         if renderer is not None and (not cfg.render_process or getattr(renderer, "device", None) != self.device):
             renderer.close()
             renderer = None
         self.renderer = renderer or self._renderer(cfg.render_process)
         try:
-            self._load_models(cfg, wdir, pose)
+            self._load_models(cfg, wdir, pose, person)
         except BaseException:
             self.renderer.close()
             raise
@@ -152,11 +152,11 @@ class Pipeline:
         self.log(f"body model: {self.body_model} · detector: {self.detector.name} · "
                  f"segmenter: {self.segmenter.name} · device: {self.device}")
 
-    def _load_models(self, cfg: PipelineConfig, wdir: Path, pose: Path) -> None:
+    def _load_models(self, cfg: PipelineConfig, wdir: Path, pose: Path, person: Path) -> None:
         if self.body_model == "anny" and not W.anny_cache_ready():
             self.log("anny model cache not built yet: building it now (1-3 minutes, once per machine)")
         self.detector = Detector(pose, self.device)
-        self.segmenter = Segmenter(W.seg_weights(wdir), self.device, W.person_weights(wdir))
+        self.segmenter = Segmenter(W.seg_weights(wdir), self.device, person)
         self._bodies: dict[str, BodyModel] = {}
         self._fitters: dict[int, Fitter] = {}
         self.models = {

@@ -60,9 +60,9 @@ LEGS_TOGETHER = 0.8  # torso lengths (``legs_spread``): legs read closer are not
 # the person mask (``PersonMask``): the landmark model reads a square of PERSON_ROI times the
 # box's longer side around the box's centre, at 256 px (a pixel there ~0.5 % of the person's
 # height); within PERSON_BAND (of the box height) either side of its outline GrabCut decides by
-# the colours (bands of 0.01-0.03 gave 72 dev photos' masks the same mean IoU to 0.0003); a model that finds
-# no person (presence below PERSON_PRESENT) or less than PERSON_MIN_AREA of the box leaves the
-# mask to the keypoints' seeds
+# the colours (in a prototype on 72 full-size dev photos, bands of 0.01-0.03 gave the masks the
+# same mean IoU to 0.0003); a model that finds no person (presence below PERSON_PRESENT) or less
+# than PERSON_MIN_AREA of the box leaves the mask to the keypoints' seeds
 PERSON_ROI = 1.35
 PERSON_BAND = 0.02
 PERSON_PRESENT = 0.5
