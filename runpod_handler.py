@@ -77,6 +77,9 @@ async def handler(job: dict) -> dict:
 
 async def _run(job: dict, inp: HandlerInput) -> dict:
     settings = get_settings()
+    # checked before the photo is fetched: the fields' own rules cannot say that a scale weight needs a weight
+    subject = Subject(height_cm=inp.height, gender=inp.gender, weight_kg=inp.weight, clothing=inp.clothing,
+                      weight_source=inp.weight_source).validate()
     photo = await fetch_photo(inp.photo_url, max_bytes=settings.max_upload_bytes,
                               timeout=settings.photo_fetch_timeout_seconds,
                               allow_private=settings.allow_private_photo_urls)
@@ -86,7 +89,6 @@ async def _run(job: dict, inp: HandlerInput) -> dict:
         report(job, Progress(progress=int(ev.progress * 100), stage=ev.stage,
                              message=f"{verb} {ev.stage} ({ev.index}/{ev.total})"))
 
-    subject = Subject(height_cm=inp.height, gender=inp.gender, weight_kg=inp.weight, clothing=inp.clothing)
     with tempfile.TemporaryDirectory(prefix="avatar-runpod-") as tmp:
         result = await asyncio.to_thread(pipeline().run, Job(photo, subject, Path(tmp) / "out"), on_stage)
         out = AvatarOutput(measurements=result.measurements, body_model=result.body_model, fit=result.fit,

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from inference.errors import AvatarError, InputError
-from inference.types import CLOTHING, GENDERS, Subject
+from inference.types import CLOTHING, GENDERS, WEIGHT_SOURCES, Subject
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
@@ -28,6 +28,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     c.add_argument("--clothing", default="regular", help="regular (everyday clothes, the default; a photo whose "
                    "silhouette shows clothes that follow the body is read as fitted) | fitted "
                    "(skin-tight: sportswear, a scan suit; the outline is then read as the body's)")
+    c.add_argument("--weight-source", default="reported", help="reported (the person's own figure, the "
+                   "default: the photo may pull the body's mass against it) | scale (weighed for this photo, "
+                   "in light clothes: the mass is held to it within ~2 %%)")
     c.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
     c.add_argument("--device", default="auto", help="auto | cpu | cuda:N")
     c.add_argument("--body-model", default="auto", help="auto | smpl | anny")
@@ -73,6 +76,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
                     help="with --fit-only: the true inputs or those off by ±2 cm/±5 kg")
     er.add_argument("--clothing", choices=CLOTHING, default="regular",
                     help="what every photo's subject is said to wear (as `avatar create --clothing`)")
+    er.add_argument("--weight-source", choices=WEIGHT_SOURCES, default="reported",
+                    help="where every photo's weight is said to come from (as `avatar create --weight-source`)")
     et = esub.add_parser("train-prior", help="train the learned shape prior from generated renders "
                          "(the prior-train split) and write it into the package")
     et.add_argument("work_dir", type=Path, help="where the training renders and features are kept")
@@ -170,7 +175,7 @@ def _early_renderer(device: str, say):
 
 def _create(args) -> int:
     subject = Subject(height_cm=args.height, gender=args.gender, weight_kg=args.weight,
-                      clothing=args.clothing).validate()
+                      clothing=args.clothing, weight_source=args.weight_source).validate()
     if (args.photo is None) == (not args.sample):
         raise InputError("give a photo or --sample (not both)", "invalid_argument")
     if args.sample:
@@ -350,13 +355,14 @@ def _eval(args) -> int:
         from inference.eval.fitonly import format_fit_only, run_fit_only
 
         report = run_fit_only(args.set_dir, device=args.device, fit=evaluation.fit_config(args.fit_overrides),
-                              inputs=args.inputs, clothing=args.clothing)
+                              inputs=args.inputs, clothing=args.clothing, weight_source=args.weight_source)
         print(format_fit_only(report))
         if args.json_out:
             args.json_out.write_text(json.dumps(report, indent=2))
         return 0
     report = evaluation.run_eval(args.set_dir, device=args.device,
-                                 fit=evaluation.fit_config(args.fit_overrides), clothing=args.clothing)
+                                 fit=evaluation.fit_config(args.fit_overrides), clothing=args.clothing,
+                                 weight_source=args.weight_source)
     print(evaluation.format_report(report))
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2))

@@ -276,6 +276,7 @@ class Pipeline:
                 fit_info = self._fit_summary(state["fits"][i], state["bodies"][i])
                 fit_info["typed_weight_kg"] = job.subject.weight_kg
                 fit_info["clothing"] = job.subject.clothing
+                fit_info["weight_source"] = job.subject.weight_source
                 doc = {
                     "stages_ms": timings, "total_ms": total, "beside_export": list(BESIDE_EXPORT),
                     "batch_size": len(jobs),

@@ -17,6 +17,10 @@ GENDERS = ("male", "female", "other")
 # stand a little off the body), "fitted" skin-tight ones (sportswear, a scan suit: the outline is the
 # body's)
 CLOTHING = ("regular", "fitted")
+# where the weight comes from: "reported" (the default: the person's own figure; people misreport
+# theirs by a few kg, so the fit lets the photo pull against it) or "scale" (weighed for this photo,
+# in light clothes: the fit holds the body's mass to it closely)
+WEIGHT_SOURCES = ("reported", "scale")
 HEIGHT_RANGE_CM = (50.0, 250.0)
 WEIGHT_RANGE_KG = (20.0, 300.0)
 # the messages for values outside those ranges (the CLI, the worker and the web page say the same)
@@ -48,6 +52,7 @@ class Subject:
     gender: str = "other"
     weight_kg: float | None = None
     clothing: str = "regular"
+    weight_source: str = "reported"
 
     def validate(self) -> "Subject":
         from inference.errors import InputError
@@ -67,6 +72,11 @@ class Subject:
             raise InputError(
                 f"clothing {self.clothing!r} is not one of {', '.join(CLOTHING)}", "invalid_clothing"
             )
+        if self.weight_source not in WEIGHT_SOURCES:
+            raise InputError(f"weight source {self.weight_source!r} is not one of {', '.join(WEIGHT_SOURCES)}",
+                             "invalid_weight_source")
+        if self.weight_source == "scale" and self.weight_kg is None:
+            raise InputError("weight source 'scale' needs a weight", "invalid_weight_source")
         return self
 
 

@@ -10,6 +10,7 @@ from fastapi import Request
 from sqlalchemy import select
 
 from inference.errors import InputError
+from inference.types import Subject
 from service import credits, events, jobs, queue
 from service.auth import Principal
 from service.db import Avatar, Job, new_id
@@ -25,6 +26,8 @@ PHOTO_TYPE_MESSAGE = "upload a JPEG, PNG or WebP photo"
 PHOTO_SIZE_MESSAGE = "the photo is over the {limit} byte limit"
 MEASUREMENT_RANGE_CM = (1.0, 400.0)
 MEASUREMENT_MESSAGE = "{name}: {value} cm is outside {lo:.0f}-{hi:.0f} cm"
+# Subject.validate's message for a scale weight without a weight (the page shows it before sending)
+SCALE_NEEDS_WEIGHT_MESSAGE = "weight source 'scale' needs a weight"
 PASSPORT_LIST_LIMIT = 50
 
 
@@ -70,12 +73,17 @@ async def resolve_photo(svc: Services, who: Principal, request: Request, url: st
 async def create_job(svc: Services, who: Principal, request: Request, body: CreateAvatarIn,
                      **columns: Any) -> CreateAvatarOut:
     """``columns``: more values for the job row (the /v2 routes keep their request's options)."""
+    try:  # the fields' own rules cannot say it: a scale weight needs a weight (invalid_weight_source)
+        Subject(height_cm=body.height, gender=body.gender, weight_kg=body.weight, clothing=body.clothing,
+                weight_source=body.weight_source).validate()
+    except InputError as exc:
+        raise ApiError(422, exc.code, str(exc)) from exc
     key, external = await resolve_photo(svc, who, request, body.photo_url)
     async with svc.sessions() as s:
         job = Job(id=new_id(), tenant=who.tenant, user_id=body.user_id, status=jobs.QUEUED, progress=0,
                   stage="queued", message="waiting for a worker", photo_key=key, photo_source_url=external,
                   height_cm=body.height, weight_kg=body.weight, gender=body.gender, clothing=body.clothing,
-                  files={}, measurements={}, timings={}, attempts=0, **columns)
+                  weight_source=body.weight_source, files={}, measurements={}, timings={}, attempts=0, **columns)
         s.add(job)
         await jobs.register_new(s, job)
         try:
@@ -140,7 +148,7 @@ def job_status(svc: Services, request: Request, job: Job, message: str | None = 
     return JobStatusOut(
         job_id=job.id, user_id=job.user_id, status=job.status, progress=job.progress, stage=job.stage,
         inputs=JobInputs(height=job.height_cm, weight=job.weight_kg, gender=job.gender,
-                         clothing=job.clothing),
+                         clothing=job.clothing, weight_source=job.weight_source),
         message=message or job.message, avatar_url=files.get("avatar_textured.glb"), files=files,
         measurements=job.measurements or {}, error=error, timings=job.timings or {},
         fit=FitSummary.model_validate(job.fit) if job.fit else None,

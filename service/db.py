@@ -73,6 +73,7 @@ class Job(Base):
     weight_kg: Mapped[float | None] = mapped_column(Float, nullable=True)
     gender: Mapped[str] = mapped_column(String(16))
     clothing: Mapped[str] = mapped_column(String(16), default="regular", server_default="regular")  # 0005
+    weight_source: Mapped[str] = mapped_column(String(16), default="reported", server_default="reported")  # 0007
     body_model: Mapped[str | None] = mapped_column(String(16), nullable=True)
     files: Mapped[dict[str, Any]] = mapped_column(default=dict)
     measurements: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -9,11 +9,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inference.types import CLOTHING, HEIGHT_RANGE_CM, MEASUREMENTS, WEIGHT_RANGE_KG
+from inference.types import CLOTHING, HEIGHT_RANGE_CM, MEASUREMENTS, WEIGHT_RANGE_KG, WEIGHT_SOURCES
 
 USER_ID = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
 Gender = Literal["male", "female", "other"]
 Clothing = Literal["regular", "fitted"]  # inference.types.CLOTHING
+WeightSource = Literal["reported", "scale"]  # inference.types.WEIGHT_SOURCES
 JobStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
 
 
@@ -48,6 +49,10 @@ class CreateAvatarIn(Strict):
     clothing: Clothing = Field("regular", description="regular: everyday clothes (the fit expects them to "
                                "stand a little off the body, unless the photo's silhouette shows they "
                                "follow it); fitted: skin-tight (sportswear, a scan suit)")
+    weight_source: WeightSource = Field("reported", description="where the weight comes from: reported (the "
+                                        "person's own figure; the photo may pull the body's mass against "
+                                        "it) or scale (weighed for this photo, in light clothes; the mass "
+                                        "is held to it within ~2 %); scale needs a weight")
 
 
 class CreateAvatarOut(BaseModel):
@@ -70,6 +75,7 @@ class JobInputs(BaseModel):
     weight: float | None
     gender: str
     clothing: str
+    weight_source: str
 
 
 class ClothOffset(BaseModel):
@@ -84,6 +90,9 @@ class FitSummary(BaseModel):
     mass_kg: float | None = Field(None, description="the fitted body's mass from its volume, kg: the photo's "
                                   "reading, pulled towards the typed weight when one was given")
     weight_kg_typed: float | None = Field(None, description="the weight the request gave, kg (null: none given)")
+    weight_source: WeightSource | None = Field(None, description="where that weight came from, as the fit took "
+                                               "it: reported (the photo may pull the mass against it) or scale "
+                                               "(the mass held to it within ~2 %)")
     clothing_said: Clothing | None = Field(None, description="the clothing the request gave")
     clothing_read: Clothing | None = Field(None, description="what the fit took the clothes for: fitted when "
                                            "the silhouette shows they follow the body, else what was said; "
@@ -93,10 +102,12 @@ class FitSummary(BaseModel):
                                                 "stand off the body (null without a prediction)")
 
     @classmethod
-    def of(cls, fit: Any, *, weight_kg: float | None, clothing: str | None) -> FitSummary | None:
+    def of(cls, fit: Any, *, weight_kg: float | None, clothing: str | None,
+           weight_source: str | None) -> FitSummary | None:
         """The summary of a pipeline's ``Result.fit`` (or of a summary, as our /v2 returns it) with the
         typed inputs. ``fit`` may come from a RunPod worker: a malformed value is left out, never an
-        error; None when nothing of the fit is usable."""
+        error; None when nothing of the fit is usable. The weight source is the one the fit says it
+        ran with, the request's where it says none (a worker from before the field)."""
         if not isinstance(fit, Mapping):
             return None
         cloth = fit.get("cloth_predicted_cm", fit.get("cloth_offset_cm"))  # the pipeline's: [hips, under arms]
@@ -110,7 +121,9 @@ class FitSummary(BaseModel):
                 if None not in offsets else None}
         if all(v is None for v in read.values()):
             return None
-        return cls(weight_kg_typed=weight_kg, clothing_said=clothing if clothing in CLOTHING else None, **read)
+        source = fit.get("weight_source") if fit.get("weight_source") in WEIGHT_SOURCES else weight_source
+        return cls(weight_kg_typed=weight_kg, weight_source=source if source in WEIGHT_SOURCES else None,
+                   clothing_said=clothing if clothing in CLOTHING else None, **read)
 
 
 def _number(v: Any) -> float | None:
@@ -280,6 +293,10 @@ class LimitsOut(BaseModel):
     genders: list[str]
     clothing: list[str] = Field(description="what the person in the photo may be said to wear; the first "
                                 "is the default")
+    weight_sources: list[str] = Field(description="where the weight may be said to come from; the first is "
+                                      "the default")
+    weight_source_message: str = Field(description="the API's message for a weight source that needs a "
+                                       "weight (scale) given without one")
     user_id_pattern: str
     user_id_message: str
     photo_types: list[str]

@@ -262,7 +262,7 @@ class JobRunner:
 
         reporter = asyncio.create_task(report())
         subject = Subject(height_cm=job.height_cm, gender=job.gender, weight_kg=job.weight_kg,
-                          clothing=job.clothing)
+                          clothing=job.clothing, weight_source=job.weight_source)
         try:
             # a timeout or a shutdown sets ``cancel`` and waits for the job's batch, if it runs:
             # the thread cannot be killed, and the work folder is in use until it returns
@@ -321,7 +321,7 @@ class JobRunner:
 
 def stored_fit(job: Job, fit: object) -> dict | None:
     """What the job row keeps of a fit (``FitSummary``), as JSON; the RunPod backend stores the same."""
-    summary = FitSummary.of(fit, weight_kg=job.weight_kg, clothing=job.clothing)
+    summary = FitSummary.of(fit, weight_kg=job.weight_kg, clothing=job.clothing, weight_source=job.weight_source)
     return summary.model_dump(mode="json") if summary else None
 
 

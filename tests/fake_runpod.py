@@ -20,7 +20,7 @@ OUTPUT = {"files_base64": {n: base64.b64encode(b).decode() for n, b in FILES.ite
 # the handler's fit (Result.fit), and one a broken worker might send (NaN is what Python's json writes)
 FIT = {"body_model": "anny", "shape": {"height": 0.4}, "scale": 1.002, "mass_kg": 76.43, "volume_l": 77.6,
        "keypoint_error_rel": 0.02, "cloth_predicted_cm": [0.71, 1.3], "clothing_read": "fitted",
-       "typed_weight_kg": 80.0, "clothing": "regular"}
+       "typed_weight_kg": 80.0, "clothing": "regular", "weight_source": "reported"}
 BAD_FIT = {"body_model": "anny", "mass_kg": float("nan"), "clothing_read": "baggy", "cloth_predicted_cm": [1.0, float("inf")]}
 
 
@@ -30,6 +30,7 @@ class FakeRunpod:
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, authorization)
     jobs: dict[str, str] = field(default_factory=dict)  # runpod id → user_id (the script)
     seen: Counter = field(default_factory=Counter)  # (action, user or runpod id) → times asked
+    inputs: dict[str, dict] = field(default_factory=dict)  # user → the input of its last /run
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def calls(self, method: str, path_part: str) -> int:
@@ -46,6 +47,8 @@ class FakeRunpod:
         with self.lock:
             self.seen[(action, user or rp_id)] += 1
             asked = self.seen[(action, user or rp_id)]
+            if action == "run":
+                self.inputs[user] = body.get("input", {})
         if action == "run":
             if user == "u-401":
                 return 401, {"error": "Unauthorized"}

@@ -16,6 +16,8 @@ def avatar(*args, timeout=300):
     (["--height", "170", "--weight", "5", "--gender", "male"], "weight 5.0 kg is outside"),
     (["--height", "170", "--gender", "robot"], "gender 'robot' is not one of"),
     (["--height", "170", "--clothing", "baggy"], "clothing 'baggy' is not one of regular, fitted"),
+    (["--height", "170", "--weight", "70", "--weight-source", "guess"], "weight source 'guess' is not one of"),
+    (["--height", "170", "--weight-source", "scale"], "weight source 'scale' needs a weight"),
 ])
 def test_bad_numbers_exit_2_with_a_message(bus_jpg, tmp_path, flags, needle):
     out = tmp_path / "out"

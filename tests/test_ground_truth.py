@@ -84,6 +84,28 @@ def test_fitted_clothing_reads_the_outline_as_the_body(pipeline, anny_body, tmp_
         assert read[key] == pytest.approx(fitted[key], abs=0.05), key
 
 
+def test_a_weight_from_a_scale_holds_the_mass_closer(pipeline, anny_body, tmp_path):
+    """The same photo and inputs, the weight said to come from a scale instead of the person: the
+    fit holds the body's mass to it more closely (``scale_sigma_mass`` against ``sigma_mass``),
+    and the fit's summary says where the weight came from. The photo is rendered with its body
+    ~6 % heavier than the weight typed (the person weighed before lunch, as it were), so the
+    reported weight's fit moves toward the photo and the scale's must move less."""
+    truth = truth_for(anny_body, **BODIES["athletic_man"])
+    image, _, _ = render_truth(truth, anny_body, pipeline.renderer, np.random.default_rng(7), with_mask=True)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(image).save(photo)
+    typed = round(truth.weight_kg * 0.94, 1)
+    fits = {}
+    for source in ("reported", "scale"):
+        result = pipeline.run(Job(photo, Subject(truth.height_cm, truth.gender, typed, "regular", source),
+                                  tmp_path / source))
+        assert result.fit["weight_source"] == source
+        fits[source] = result.fit["mass_kg"]
+    off = {k: abs(v - typed) for k, v in fits.items()}
+    assert off["scale"] < off["reported"] - 0.3, (fits, typed, truth.weight_kg)
+    assert off["scale"] <= 0.03 * typed, (fits, typed)
+
+
 def test_truth_bodies_differ_where_the_photo_must_tell_them_apart(anny_body):
     """Same height, weight and gender, different muscle/fat: the girths differ, so a photo-free
     guess cannot be right for both (what the photo is for)."""

@@ -130,6 +130,8 @@ def test_a_failed_rerun_keeps_the_earlier_result(pipeline, bus_result, zidane_jp
     (Subject(170, "male", 10), "invalid_weight"),
     (Subject(170, "robot", 70), "invalid_gender"),
     (Subject(170, "male", 70, "baggy"), "invalid_clothing"),
+    (Subject(170, "male", 70, "regular", "guess"), "invalid_weight_source"),
+    (Subject(170, "male", None, "regular", "scale"), "invalid_weight_source"),
 ])
 def test_bad_subjects_are_refused_before_any_work(pipeline, bus_jpg, tmp_path, subject, code):
     seen = []

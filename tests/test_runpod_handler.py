@@ -42,7 +42,8 @@ def run_handler(tmp_path: Path, weights_dir: Path, job_input: dict) -> tuple[sub
 
 def test_a_photo_becomes_every_artefact_in_base64(site, weights_dir, tmp_path):
     proc, out = run_handler(tmp_path, weights_dir, {"photo_url": f"{site}/bus.jpg", "height": 178, "weight": 80,
-                                                    "gender": "male", "clothing": "fitted", "user_id": "u-rp"})
+                                                    "gender": "male", "clothing": "fitted", "weight_source": "scale",
+                                                    "user_id": "u-rp"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert set(out) == {"files_base64", "measurements", "timings", "body_model", "fit"}
     assert set(out["files_base64"]) == set(artefacts.expected("anny"))
@@ -52,7 +53,7 @@ def test_a_photo_becomes_every_artefact_in_base64(site, weights_dir, tmp_path):
     assert abs(out["measurements"]["height"] - 178) <= 0.5 and out["body_model"] == "anny"
     assert set(out["timings"]["stages_ms"]) == {"load", "detect", "segment", "fit", "export", "measure", "render"}
     assert out["fit"]["mass_kg"] == pytest.approx(80, rel=0.01)
-    assert out["fit"]["clothing"] == "fitted"  # what the input said reached the fit
+    assert out["fit"]["clothing"] == "fitted" and out["fit"]["weight_source"] == "scale"  # the input reached the fit
     assert "progress 100% finished render (7/7)" in proc.stdout + proc.stderr  # each stage reported
 
 
@@ -61,6 +62,24 @@ def test_a_truncated_photo_comes_back_as_a_runpod_error(site, weights_dir, tmp_p
     assert proc.returncode == 1  # the SDK's local mode: the job failed
     assert out == {"error": out["error"]} and out["error"].startswith("invalid_image: ")
     assert "truncated" in out["error"]
+
+
+def test_a_scale_weight_without_a_weight_is_refused_before_the_photo_is_fetched(site, monkeypatch):
+    from runpod_handler import handler
+    from service.settings import get_settings
+
+    monkeypatch.setenv("ALLOW_PRIVATE_PHOTO_URLS", "true")
+    get_settings.cache_clear()
+    try:
+        job = {"id": "j-scale", "input": {"photo_url": f"{site}/missing.jpg", "height": 178, "gender": "male",
+                                          "weight_source": "scale"}}
+        out = asyncio.run(handler(job))
+        # a photo fetched first would have failed on the missing file instead
+        assert out == {"error": "invalid_weight_source: weight source 'scale' needs a weight"}
+        out = asyncio.run(handler({**job, "input": {**job["input"], "weight_source": "kitchen"}}))
+        assert out["error"].startswith("invalid_input: weight_source: ")
+    finally:
+        get_settings.cache_clear()
 
 
 def _bucket(s3, name: str):

@@ -216,6 +216,9 @@ def test_v2_takes_the_bare_key_and_keeps_tenants_apart(cloud):
     r = httpx.post(f"{v2}/avatar/run", headers=other, json={"input": {"photo_url": "https://example.com/a.jpg",
                                                                       "height": 20, "gender": "male"}})
     assert r.status_code == 422 and "height" in r.json()["error"]["message"]
+    r = httpx.post(f"{v2}/avatar/run", headers=other, json={"input": {
+        "photo_url": "https://example.com/a.jpg", "height": 170, "gender": "male", "weight_source": "scale"}})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_weight_source", r.text
     assert httpx.get(f"{v2}/avatar/status/{uuid.uuid4().hex}", headers=other).status_code == 404
 
 
@@ -224,7 +227,8 @@ def test_v2_takes_the_bare_key_and_keeps_tenants_apart(cloud):
 def test_the_seed_flow_through_the_runpod_backend_survives_an_api_restart(front, cloud, bus_jpg):
     acme = front.client("acme")
     photo = upload(acme, bus_jpg)
-    r = acme.post("/api/avatar/create", json=person(photo["photo_url"], "u-remote", clothing="fitted"))
+    r = acme.post("/api/avatar/create", json=person(photo["photo_url"], "u-remote", clothing="fitted",
+                                                    weight_source="scale"))
     assert r.status_code == 202, r.text
     job_id, seen = r.json()["job_id"], []
     while not seen or seen[-1]["status"] != "processing":  # RunPod has started it: restart the API
@@ -249,9 +253,12 @@ def test_the_seed_flow_through_the_runpod_backend_survives_an_api_restart(front,
     # the other half: the RunPod-side job is an ordinary completed job of the account the key belongs to
     remote = cloud.client("studio").get(f"/api/avatar/status/{done['timings']['runpod']['id']}").json()
     assert remote["status"] == "completed" and remote["measurements"] == done["measurements"]
-    assert remote["inputs"] == done["inputs"] == {"height": 178, "weight": 80, "gender": "male", "clothing": "fitted"}
-    # the fit came through our /v2's output (its summary) and reads the same on both sides
+    assert remote["inputs"] == done["inputs"] == {"height": 178, "weight": 80, "gender": "male", "clothing": "fitted",
+                                                  "weight_source": "scale"}
+    # the fit came through our /v2's output (its summary) and reads the same on both sides; the
+    # remote fit ran with the weight source this request gave
     assert done["fit"] == remote["fit"] and done["fit"]["clothing_said"] == "fitted"
+    assert done["fit"]["weight_source"] == "scale"
     assert done["fit"]["mass_kg"] == pytest.approx(80, rel=0.05) and done["fit"]["weight_kg_typed"] == 80
 
 
@@ -320,12 +327,21 @@ def test_rate_limits_and_busy_answers_are_retried_until_the_job_completes(script
 def test_the_fit_in_runpods_output_is_stored_and_a_malformed_value_is_left_out(scripted_jobs):
     doc = scripted_jobs["u-fit"]
     assert doc["status"] == "completed", doc
-    assert doc["fit"] == {"body_model": "anny", "mass_kg": 76.43, "weight_kg_typed": 80.0, "clothing_said": "regular",
-                          "clothing_read": "fitted", "cloth_offset_cm": {"hips": 0.71, "under_arms": 1.3}}
+    assert doc["fit"] == {"body_model": "anny", "mass_kg": 76.43, "weight_kg_typed": 80.0, "weight_source": "reported",
+                          "clothing_said": "regular", "clothing_read": "fitted",
+                          "cloth_offset_cm": {"hips": 0.71, "under_arms": 1.3}}
     bad = scripted_jobs["u-badfit"]  # NaN, an unknown clothing, an infinite offset: left out, the job completes
     assert bad["status"] == "completed", bad
-    assert bad["fit"] == {"body_model": "anny", "mass_kg": None, "weight_kg_typed": 80.0, "clothing_said": "regular",
-                          "clothing_read": None, "cloth_offset_cm": None}
+    assert bad["fit"] == {"body_model": "anny", "mass_kg": None, "weight_kg_typed": 80.0, "weight_source": "reported",
+                          "clothing_said": "regular", "clothing_read": None, "cloth_offset_cm": None}
+
+
+def test_runpod_gets_the_inputs_and_a_default_weight_source_is_not_sent(scripted_jobs, fake):
+    sent = fake.inputs["u-fit"]
+    assert {k: sent[k] for k in ("height", "weight", "gender", "clothing", "user_id")} == {
+        "height": 178, "weight": 80, "gender": "male", "clothing": "regular", "user_id": "u-fit"}
+    # a handler image from before the field would refuse it: a job with the default runs there too
+    assert "weight_source" not in sent
 
 
 def test_a_job_that_never_ends_on_runpod_is_cancelled_there(scripted_jobs, fake):

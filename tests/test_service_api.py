@@ -83,9 +83,13 @@ def test_the_seed_flow_end_to_end_and_no_other_tenant_sees_it(stack, bus_jpg):
     assert loaded[artefacts.MEASUREMENTS] == done["measurements"]
     assert abs(done["measurements"]["height"] - 178) <= 0.5
 
-    # the fit beside what was typed (80 kg, everyday clothes); none before the job completed
+    # the fit beside what was typed (80 kg as the person reported it, everyday clothes); none before
+    # the job completed
+    assert done["inputs"] == {"height": 178, "weight": 80, "gender": "male", "clothing": "regular",
+                              "weight_source": "reported"}
     fit = done["fit"]
     assert fit["weight_kg_typed"] == 80 and fit["clothing_said"] == "regular" and fit["body_model"] == "anny"
+    assert fit["weight_source"] == "reported"
     assert math.isfinite(fit["mass_kg"]) and fit["mass_kg"] == pytest.approx(80, rel=0.05)
     # null where the photo's widths give the learned prior nothing to read (bus.jpg today)
     assert fit["clothing_read"] in (None, "regular", "fitted")
@@ -212,7 +216,9 @@ def test_bad_uploads_are_refused(stack, content, status, code):
 
 @pytest.mark.parametrize("change,code", [
     ({"height": 20}, "invalid_request"), ({"weight": 500}, "invalid_request"), ({"gender": "robot"}, "invalid_request"),
-    ({"clothing": "baggy"}, "invalid_request"),
+    ({"clothing": "baggy"}, "invalid_request"), ({"weight_source": "kitchen"}, "invalid_request"),
+    ({"weight_source": "scale"}, "invalid_weight_source"),  # no weight given
+    ({"weight_source": "scale", "weight": None}, "invalid_weight_source"),
     ({"user_id": "../etc"}, "invalid_request"), ({"extra": 1}, "invalid_request"),
     ({"photo_url": "ftp://example.com/a.jpg"}, "invalid_photo_url"),
     ({"photo_url": "http://127.0.0.1:9/a.jpg"}, "invalid_photo_url"),
@@ -225,6 +231,22 @@ def test_bad_create_requests_get_422_and_create_no_job(stack, change, code):
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == code
     assert acme.get("/api/avatar/u-bad").status_code == 404
+
+
+def test_a_bad_weight_source_is_refused_with_what_to_do(stack):
+    acme = stack.client("acme")
+    body = {"user_id": "u-scale", "photo_url": "https://example.com/p.jpg", "height": 170, "gender": "female"}
+    r = acme.post("/api/avatar/create", json={**body, "weight_source": "kitchen"})
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("weight_source: "), r.text
+    assert "'reported' or 'scale'" in r.json()["error"]["message"]
+    r = acme.post("/api/avatar/create", json={**body, "weight_source": "scale"})
+    assert r.status_code == 422 and r.json()["error"] == {
+        "code": "invalid_weight_source", "message": "weight source 'scale' needs a weight"}
+    # the page's limits say the same, so it can refuse before sending
+    limits = httpx.get(f"{stack.base}/limits").json()
+    assert limits["weight_sources"] == ["reported", "scale"]
+    assert limits["weight_source_message"] == r.json()["error"]["message"]
+    assert acme.get("/api/avatar/u-scale").status_code == 404
 
 
 def test_unknown_jobs_and_users_are_404(stack):

@@ -75,7 +75,7 @@ def test_a_0005_database_upgrades_and_its_completed_jobs_have_no_fit(empty_db_ur
                          "'fitted', '{}', '{\"chest\": 99.5}', '{}', 1, 0, '2026-01-01 00:00:00+00:00', "
                          "'2026-01-01 00:00:00+00:00')")
     migrate.upgrade(empty_db_url)
-    assert asyncio.run(migrate.current_revision(empty_db_url)) == migrate.head_revision() == "0006_fit"
+    assert asyncio.run(migrate.current_revision(empty_db_url)) == migrate.head_revision() == "0007_weight_source"
 
     async def fn(sessions):
         async with sessions() as s:
@@ -88,6 +88,56 @@ def test_a_0005_database_upgrades_and_its_completed_jobs_have_no_fit(empty_db_ur
     kept, fit = run(empty_db_url, fn)
     assert kept == (None, {"chest": 99.5}, "fitted")
     assert fit == {"mass_kg": 79.8, "weight_kg_typed": 80.0}
+
+
+def test_a_0006_database_upgrades_and_its_jobs_were_fitted_with_a_reported_weight(empty_db_url):
+    from alembic import command
+
+    command.upgrade(migrate.alembic_config(empty_db_url), "0006_fit")
+    _admin(empty_db_url, "INSERT INTO jobs (id, tenant, user_id, status, progress, message, height_cm, weight_kg, "
+                         "gender, clothing, files, measurements, timings, fit, attempts, retries, created_at, "
+                         "updated_at) VALUES ('j0006', 'acme', 'u1', 'completed', 100, 'avatar ready', 178, 80, "
+                         "'male', 'fitted', '{}', '{\"chest\": 99.5}', '{}', '{\"mass_kg\": 79.8}', 1, 0, "
+                         "'2026-01-01 00:00:00+00:00', '2026-01-01 00:00:00+00:00')")
+    migrate.upgrade(empty_db_url)
+    assert asyncio.run(migrate.current_revision(empty_db_url)) == migrate.head_revision() == "0007_weight_source"
+
+    async def fn(sessions):
+        async with sessions() as s:
+            old = await s.get(Job, "j0006")
+            kept = (old.weight_source, old.clothing, old.fit, old.measurements)
+        jid = await _new_job(sessions)
+        async with sessions() as s:
+            new = await s.get(Job, jid)
+            default = new.weight_source
+            new.weight_source = "scale"
+            await s.commit()
+        async with sessions() as s:
+            return kept, default, (await s.get(Job, jid)).weight_source
+    kept, default, stored = run(empty_db_url, fn)
+    assert kept == ("reported", "fitted", {"mass_kg": 79.8}, {"chest": 99.5})
+    assert default == "reported" and stored == "scale"
+
+
+def test_the_weight_source_column_goes_away_on_downgrade(empty_db_url):
+    from alembic import command
+
+    migrate.upgrade(empty_db_url)
+    command.downgrade(migrate.alembic_config(empty_db_url), "0006_fit")
+    assert asyncio.run(migrate.current_revision(empty_db_url)) == "0006_fit"
+    _admin(empty_db_url, "INSERT INTO jobs (id, tenant, user_id, status, progress, message, height_cm, gender, "
+                         "files, measurements, timings, attempts, retries, created_at, updated_at) VALUES ('jd', "
+                         "'acme', 'u1', 'queued', 0, '', 170, 'female', '{}', '{}', '{}', 0, 0, "
+                         "'2026-01-01 00:00:00+00:00', '2026-01-01 00:00:00+00:00')")
+    with pytest.raises(Exception, match="weight_source"):
+        _admin(empty_db_url, "SELECT weight_source FROM jobs")
+    migrate.upgrade(empty_db_url)  # and back up: the row reads as reported
+    assert run(empty_db_url, lambda sessions: _weight_source(sessions, "jd")) == "reported"
+
+
+async def _weight_source(sessions, job_id: str) -> str:
+    async with sessions() as s:
+        return (await s.get(Job, job_id)).weight_source
 
 
 def test_a_job_walks_queued_processing_completed(db_url):

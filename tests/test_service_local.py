@@ -43,11 +43,15 @@ def _wait_final(c: httpx.Client, job_id: str) -> dict:
 def test_a_photo_url_job_completes_with_signed_local_links(local):
     base, site, c, cwd = local
     r = c.post("/api/avatar/create", json={"user_id": "walk-in", "photo_url": f"{site}/bus.jpg",
-                                           "height": 181, "gender": "male", "clothing": "fitted"})
+                                           "height": 181, "weight": 84, "gender": "male", "clothing": "fitted",
+                                           "weight_source": "scale"})
     assert r.status_code == 202, r.text
     done = _wait_final(c, r.json()["job_id"])
     assert done["status"] == "completed", done
-    assert done["inputs"] == {"height": 181, "weight": None, "gender": "male", "clothing": "fitted"}
+    assert done["inputs"] == {"height": 181, "weight": 84, "gender": "male", "clothing": "fitted",
+                              "weight_source": "scale"}
+    # the fit says what it ran with: the worker handed the weight source on
+    assert done["fit"]["weight_source"] == "scale" and done["fit"]["weight_kg_typed"] == 84
     assert set(done["files"]) == set(artefacts.expected("anny"))
     assert (cwd / "data" / "avatar.db").is_file()
     url = done["files"][artefacts.PREVIEW]

@@ -115,10 +115,13 @@ def sign_in(d, site: Site, key: str) -> None:
     d.find_element("css selector", "#sign-in-form button").click()
 
 
-def fill_form(d, user: str, height: str, photo: Path | None, weight: str = "") -> None:
+def fill_form(d, user: str, height: str, photo: Path | None, weight: str = "", weight_source: str = "reported") -> None:
+    from selenium.webdriver.support.ui import Select
+
     for element_id, value in (("user-id", user), ("height", height), ("weight", weight)):
         el(d, element_id).clear()
         el(d, element_id).send_keys(value)
+    Select(el(d, "weight-source")).select_by_value(weight_source)
     if photo is not None:
         el(d, "photo").send_keys(str(photo))
 
@@ -160,7 +163,7 @@ def made(site, browser, bus_jpg):
     d = browser
     sign_in(d, site, site.key)
     wait(d, lambda: visible(d, "app"), what="signing in")
-    fill_form(d, "web-bus", "178", bus_jpg, weight="74")
+    fill_form(d, "web-bus", "178", bus_jpg, weight="74", weight_source="scale")
     el(d, "create-button").click()
     wait(d, lambda: "job=" in d.current_url, what="the job to be created")
     job_id = d.current_url.split("job=")[1]
@@ -262,9 +265,12 @@ def test_the_overlay_and_every_artefact_are_offered(site, browser, made):
 
 def test_the_fitted_mass_and_the_clothing_reading_show_beside_the_measurements(site, browser, made):
     with site.client() as c:
-        fit = c.get(f"/api/avatar/status/{made['job_id']}").json()["fit"]
+        doc = c.get(f"/api/avatar/status/{made['job_id']}").json()
+    fit = doc["fit"]
+    # the page sent the weight source chosen in its form, and the fit ran with it
+    assert doc["inputs"]["weight_source"] == "scale" and fit["weight_source"] == "scale"
     text = el(browser, "fit-summary").text
-    assert f"Fitted mass {fit['mass_kg']:.1f} kg (typed 74 kg)" in text, text
+    assert f"Fitted mass {fit['mass_kg']:.1f} kg (typed 74 kg, weighed on a scale)" in text, text
     read = fit["clothing_read"]  # null where the photo's widths gave the learned prior nothing to read
     assert ("clothing said regular, not read from this photo" if read is None
             else "clothing read as regular, as said" if read == "regular"
@@ -306,6 +312,21 @@ def test_out_of_range_input_is_refused_in_the_page_with_the_apis_message(site, b
     el(d, "create-button").click()
     assert el(d, "height-error").text == "height 300 cm is outside 50-250 cm"
     assert "job=" not in d.current_url  # nothing was sent
+
+
+def test_a_scale_weight_without_a_weight_is_refused_in_the_page_with_the_apis_message(site, browser, made):
+    d = browser
+    fill_form(d, "web-scale", "170", None, weight_source="scale")
+    el(d, "create-button").click()
+    with site.client() as c:
+        said = c.post("/api/avatar/create", json={"user_id": "web-scale", "photo_url": "https://example.com/p.jpg",
+                                                  "height": 170, "gender": "male", "weight_source": "scale"})
+    assert said.status_code == 422 and el(d, "weight-error").text == said.json()["error"]["message"]
+    assert "job=" not in d.current_url  # nothing was sent
+    # no weight is fine when it is reported (a height out of range keeps this one from being sent)
+    fill_form(d, "web-scale", "300", None, weight_source="reported")
+    el(d, "create-button").click()
+    assert el(d, "weight-error").text == "" and el(d, "height-error").text.startswith("height 300 cm")
 
 
 def test_a_photo_with_the_feet_cut_off_shows_the_error_and_what_to_do(site, browser, made, zidane_jpg):

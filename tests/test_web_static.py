@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from inference.errors import InputError
-from inference.types import CLOTHING, Subject
+from inference.types import CLOTHING, WEIGHT_SOURCES, Subject
 from service.app import create_app
-from service.schemas import Clothing, CreateAvatarIn
+from service.schemas import Clothing, CreateAvatarIn, WeightSource
 from service.settings import Settings
 from service.web import STATIC_DIR, limits
 
@@ -56,6 +56,13 @@ def test_the_pages_height_message_is_the_pipelines(height):
     assert page_says == str(err.value)
 
 
+def test_the_pages_scale_without_a_weight_message_is_the_pipelines():
+    page_says = limits(Settings(_env_file=None)).weight_source_message
+    with pytest.raises(InputError) as err:
+        Subject(height_cm=170, gender="male", weight_source="scale").validate()
+    assert page_says == str(err.value) and err.value.code == "invalid_weight_source"
+
+
 def test_limits_follow_the_settings():
     doc = limits(Settings(_env_file=None, max_upload_bytes=5_000_000))
     assert doc.photo_max_bytes == 5_000_000 and "5000000" in doc.photo_size_message
@@ -64,6 +71,8 @@ def test_limits_follow_the_settings():
     # the page offers what the API accepts, the default first
     assert doc.clothing == list(CLOTHING) == list(get_args(Clothing)) == ["regular", "fitted"]
     assert CreateAvatarIn.model_fields["clothing"].default == doc.clothing[0]
+    assert doc.weight_sources == list(WEIGHT_SOURCES) == list(get_args(WeightSource)) == ["reported", "scale"]
+    assert CreateAvatarIn.model_fields["weight_source"].default == doc.weight_sources[0]
     assert re.fullmatch(doc.user_id_pattern.strip("^$"), "walk-in_1") and not re.fullmatch(
         doc.user_id_pattern.strip("^$"), "-bad")
 

@@ -61,11 +61,12 @@ def fit_cases(fitter, cases: list[Path], observed: dict[str, dict], subjects: li
 
 
 def run_fit_only(set_dir: Path, device: str = "cpu", fit=None, inputs: str = "exact", log=print,
-                 clothing: str = "regular") -> dict:
+                 clothing: str = "regular", weight_source: str = "reported") -> dict:
     """The fit and the measure stage on the pipeline's own observations of each photo (the
     measurements are the pipeline's: export and render do not change them), with the true
     inputs or (``inputs="perturbed"``) those a user a little off would type, and the
-    photo-free baseline; ``clothing``: what every subject is said to wear (``Subject.clothing``);
+    photo-free baseline; ``clothing``: what every subject is said to wear (``Subject.clothing``),
+    ``weight_source`` where every typed weight is said to come from (``Subject.weight_source``);
     → {"cases", "mean", "max", "bias", "baseline", "per_case"} (cm)."""
     from inference.pipeline import Pipeline, PipelineConfig
     from inference.stages.fit import FitConfig, Fitter
@@ -79,7 +80,8 @@ def run_fit_only(set_dir: Path, device: str = "cpu", fit=None, inputs: str = "ex
         fitter = Fitter(body, fit or FitConfig())
         truths = [json.loads((c / "truth.json").read_text()) for c in cases]
         typed = [t if inputs == "exact" else t["perturbed_input"] for t in truths]
-        subjects = [Subject(x["height_cm"], t["gender"], x["weight_kg"], clothing) for x, t in zip(typed, truths)]
+        subjects = [Subject(x["height_cm"], t["gender"], x["weight_kg"], clothing, weight_source)
+                    for x, t in zip(typed, truths)]
         fits = fit_cases(fitter, cases, observed, subjects)
         from inference.stages.fit import FitTarget
 
@@ -115,7 +117,7 @@ def run_fit_only(set_dir: Path, device: str = "cpu", fit=None, inputs: str = "ex
             "mean": {m: round(float(np.mean(np.abs(e))), 2) for m, e in errs.items()},
             "max": {m: round(float(np.max(np.abs(e))), 2) for m, e in errs.items()},
             "bias": {m: round(float(np.mean(e)), 2) for m, e in errs.items()},
-            "inputs": inputs, "clothing": clothing,
+            "inputs": inputs, "clothing": clothing, "weight_source": weight_source,
             "mask_iou": {"mean": round(float(np.mean([c["mask_iou"] for c in per_case])), 4),
                          "min": round(float(np.min([c["mask_iou"] for c in per_case])), 4)},
             "baseline": {"mean": {m: round(float(np.mean(e)), 2) for m, e in base_errs.items()},
@@ -146,7 +148,8 @@ def mask_iou(case: Path, mask: np.ndarray) -> float:
 
 def format_fit_only(r: dict, worst: int = 5) -> str:
     b = r["baseline"]
-    lines = [f"inputs: {r['inputs']}; clothing: {r.get('clothing', 'regular')}; {r['cases']} photos; cm",
+    lines = [f"inputs: {r['inputs']}; clothing: {r.get('clothing', 'regular')}; "
+             f"weight from: {r.get('weight_source', 'reported')}; {r['cases']} photos; cm",
              "measurement       mean   max   bias   baseline mean/max",
              *(f"{m:16s} {r['mean'][m]:5.2f} {r['max'][m]:5.2f} {r['bias'][m]:+5.2f}   {b['mean'][m]:5.2f} / {b['max'][m]:5.2f}"
                for m in MEASUREMENTS),

@@ -1,8 +1,8 @@
 """``avatar eval photos``: the pipeline on a studio's own photos against its own tape measurements.
 
 Our eval sets are renders of the body model the fit uses; a studio's trust comes from its own
-customers. A CSV names each photo with what the studio typed (height, weight, gender, clothing)
-and what its tape said (any of the measurement names, cm; a blank cell is "not measured"):
+customers. A CSV names each photo with what the studio typed (height, weight, gender, clothing
+and, optionally, ``weight_source``: ``scale`` where the person was weighed) and what its tape said (any of the measurement names, cm; a blank cell is "not measured"):
 
     photo,height_cm,weight_kg,gender,clothing,chest,waist,hip
     anna.jpg,168,61,female,regular,91,72,99
@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from inference.errors import AvatarError, InputError
-from inference.types import CLOTHING, GENDERS, MEASUREMENTS, Subject
+from inference.types import CLOTHING, GENDERS, MEASUREMENTS, WEIGHT_SOURCES, Subject
 
 REQUIRED = ("photo", "height_cm", "gender")
 TAPE = tuple(m for m in MEASUREMENTS if m != "height")  # the height is an input, exact by design
@@ -45,13 +45,13 @@ def read_rows(csv_path: Path) -> tuple[list[dict], list[str], list[str]]:
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
         raise InputError(f"{csv_path}: missing column(s) {', '.join(missing)} (needs {', '.join(REQUIRED)}, "
-                         f"optional weight_kg and clothing, and tape columns among {', '.join(TAPE)})",
+                         f"optional weight_kg, clothing and weight_source, and tape columns among {', '.join(TAPE)})",
                          "invalid_argument")
     tape_cols = [c for c in columns if c in TAPE]
     if not tape_cols:
         raise InputError(f"{csv_path}: no measurement column: name at least one of {', '.join(TAPE)}",
                          "invalid_argument")
-    ignored = [c for c in columns if c not in (*REQUIRED, "weight_kg", "clothing", *TAPE)]
+    ignored = [c for c in columns if c not in (*REQUIRED, "weight_kg", "clothing", "weight_source", *TAPE)]
     rows, problems = [], []
     for line, raw in enumerate(reader, start=2):
         cell = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
@@ -72,8 +72,11 @@ def read_rows(csv_path: Path) -> tuple[list[dict], list[str], list[str]]:
             clothing = (cell.get("clothing") or "regular").lower()
             if clothing not in CLOTHING:
                 raise InputError(f"clothing {cell.get('clothing')!r} is not one of {', '.join(CLOTHING)}")
+            source = (cell.get("weight_source") or "reported").lower()
+            if source not in WEIGHT_SOURCES:
+                raise InputError(f"weight_source {cell.get('weight_source')!r} is not one of {', '.join(WEIGHT_SOURCES)}")
             weight = _number(cell.get("weight_kg", ""), "weight_kg", optional=True)
-            subject = Subject(_number(cell["height_cm"], "height_cm"), gender, weight, clothing).validate()
+            subject = Subject(_number(cell["height_cm"], "height_cm"), gender, weight, clothing, source).validate()
             tape = {m: _number(cell.get(m, ""), m, optional=True) for m in tape_cols}
             tape = {m: v for m, v in tape.items() if v is not None}
             if not tape:
@@ -123,7 +126,8 @@ def run_photos(csv_path: Path, device: str = "auto", out_dir: Path | None = None
                 subject = row["subject"]
                 item = {"line": row["line"], "photo": row["name"], "tape": row["tape"],
                         "inputs": {"height_cm": subject.height_cm, "weight_kg": subject.weight_kg,
-                                   "gender": subject.gender, "clothing": subject.clothing}}
+                                   "gender": subject.gender, "clothing": subject.clothing,
+                                   "weight_source": subject.weight_source}}
                 body = pipe.body_for(subject.gender)
                 if id(body) not in baselines:
                     baselines[id(body)] = Fitter(body, FitConfig(use_photo=False))

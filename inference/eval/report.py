@@ -73,10 +73,11 @@ def fit_config(overrides: list[str]):
     return dataclasses.replace(cfg, **changes)
 
 
-def run_eval(set_dir: Path, device: str = "auto", log=print, fit=None, clothing: str = "regular") -> dict:
+def run_eval(set_dir: Path, device: str = "auto", log=print, fit=None, clothing: str = "regular",
+             weight_source: str = "reported") -> dict:
     """Run the pipeline (exact and perturbed inputs) and the photo-free baseline on a set;
     ``fit``: the FitConfig to use (default: the shipped one); ``clothing``: what every subject is
-    said to wear."""
+    said to wear; ``weight_source``: where every typed weight is said to come from."""
     from inference.pipeline import Job, Pipeline, PipelineConfig
     from inference.stages.fit import FitConfig, Fitter
     from inference.types import Subject
@@ -98,10 +99,11 @@ def run_eval(set_dir: Path, device: str = "auto", log=print, fit=None, clothing:
                 item = {"case": case.name, "truth": want, "true_weight_kg": truth["weight_kg"],
                         "scene": describe(truth.get("scene"))}
                 runs = {
-                    "pipeline": Subject(truth["height_cm"], truth["gender"], truth["weight_kg"], clothing),
+                    "pipeline": Subject(truth["height_cm"], truth["gender"], truth["weight_kg"], clothing,
+                                        weight_source),
                     "pipeline, inputs off by ±2 cm/±5 kg": Subject(
                         truth["perturbed_input"]["height_cm"], truth["gender"],
-                        truth["perturbed_input"]["weight_kg"], clothing),
+                        truth["perturbed_input"]["weight_kg"], clothing, weight_source),
                 }
                 for name, subject in runs.items():
                     row = rows[name]

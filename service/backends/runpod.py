@@ -153,6 +153,10 @@ class RunpodRunner(WorkerStores):
                       "gender": job.gender, "clothing": job.clothing, "user_id": job.user_id},
             "policy": {"executionTimeout": max(1000, int((deadline - time.time()) * 1000))},
         }
+        if job.weight_source != "reported":
+            # sent only when it is not the default: a handler image from before the field refuses any
+            # input it does not know, so jobs with the default still run on one
+            payload["input"]["weight_source"] = job.weight_source
         answer = await self._retrying(lambda: self.client.run(payload), deadline)
         runpod_id = str(answer.get("id") or "")
         if not runpod_id:

@@ -7,6 +7,8 @@ const STAGE_NAMES = {
   segment: "cut out the person", fit: "fit the body", export: "meshes and texture", measure: "measure",
   render: "previews", upload: "store the files", done: "done",
 };
+// how the page names the API's weight sources (one it does not know is shown as the API names it)
+const WEIGHT_SOURCE_NAMES = { reported: "reported by the person", scale: "weighed on a scale" };
 // what to do about a failed job, by its error code (the message says what happened)
 const ADVICE = {
   body_truncated: "Step back so the whole person is in the photo, from the top of the head to the feet, and send it again.",
@@ -88,7 +90,15 @@ async function loadLimits() {
   }
   $("gender").replaceChildren(...L.genders.map((g) => new Option(g, g)));
   $("clothing").replaceChildren(...L.clothing.map((c) => new Option(c, c)));
+  $("weight-source").replaceChildren(...L.weight_sources.map((w) => new Option(WEIGHT_SOURCE_NAMES[w] || w, w)));
   $("photo").accept = L.photo_types.join(",");
+}
+
+function weightMessage(raw) {
+  const L = state.limits;
+  const range = rangeMessage(L.weight_kg, raw, false);
+  if (range) return range;
+  return raw === "" && $("weight-source").value === "scale" ? L.weight_source_message : "";
 }
 
 function checkField(id, check) {
@@ -118,7 +128,7 @@ function validForm() {
   const ok = [
     checkField("user-id", (v) => (new RegExp(L.user_id_pattern).test(v) ? "" : L.user_id_message)),
     checkField("height", (v) => rangeMessage(L.height_cm, v, true)),
-    checkField("weight", (v) => rangeMessage(L.weight_kg, v, false)),
+    checkField("weight", weightMessage),
   ].every(Boolean);
   const photoMessage = checkPhoto(state.photoFile);
   $("photo-error").textContent = photoMessage;
@@ -147,7 +157,7 @@ async function submitCreate(event) {
     const weight = $("weight").value.trim();
     const body = { user_id: $("user-id").value.trim(), photo_url: photo.photo_url,
                    height: Number($("height").value), gender: $("gender").value,
-                   clothing: $("clothing").value };
+                   clothing: $("clothing").value, weight_source: $("weight-source").value };
     if (weight) body.weight = Number(weight);
     const job = await api("api/avatar/create", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
@@ -325,7 +335,9 @@ function renderFit(fit) {
   const parts = [];
   if (fit.mass_kg != null) {
     parts.push(`Fitted mass ${fit.mass_kg.toFixed(1)} kg`
-      + (fit.weight_kg_typed != null ? ` (typed ${fit.weight_kg_typed} kg)` : " (no weight typed)"));
+      + (fit.weight_kg_typed == null ? " (no weight typed)"
+        : fit.weight_source === "scale" ? ` (typed ${fit.weight_kg_typed} kg, weighed on a scale)`
+        : ` (typed ${fit.weight_kg_typed} kg)`));
   }
   if (fit.clothing_said) {
     const offset = fit.cloth_offset_cm ? ` (${fit.cloth_offset_cm.hips.toFixed(1)} cm off the body at the hips)` : "";
