@@ -219,7 +219,8 @@ def _create(args) -> int:
     print(_table(["measurement", "cm"], [[k, f"{v:.1f}"] for k, v in res.measurements.items()]))
     typed = res.fit.get("typed_weight_kg")
     print(f"\nbody mass from volume: {res.fit['mass_kg']:.1f} kg"
-          + (f" (typed {typed:.1f} kg: the photo may pull against it)" if typed else "")
+          + ((f" (weighed {typed:.1f} kg on a scale: held within ~2 %)" if res.fit.get("weight_source") == "scale"
+              else f" (typed {typed:.1f} kg: the photo may pull against it)") if typed else "")
           + f" · scale {res.fit['scale']:.3f}")
     if res.fit.get("clothing_read", res.fit.get("clothing")) != res.fit.get("clothing"):
         print(f"clothing: said {res.fit['clothing']}, read as {res.fit['clothing_read']} from the silhouette "

@@ -112,12 +112,15 @@ def test_measure_refuses_a_foreign_mesh(tmp_path):
 def test_create_says_when_the_silhouette_reads_fitted_clothes(tmp_path):
     """A skin-tight studio render said to wear everyday clothes: the fit reads the clothes from
     the silhouette, fits it as fitted and says so (case 12 of the studio tuning set, predicted
-    ~0.7 cm at the hips, well under the 1.2 cm threshold)."""
+    ~0.7 cm at the hips, well under the 1.2 cm threshold). Its weight is said to be a scale's, and
+    the mass line says so (the clothes are read before the weight's source matters)."""
     sets = tmp_path / "set"
     r = avatar("eval", "make-set", sets, "--preset", "studio", "--seed", "1", "--n", "13")
     assert r.returncode == 0, r.stderr
     truth = json.loads((sets / "case_012" / "truth.json").read_text())
     r = avatar("create", sets / "case_012" / truth["photo"], "--height", truth["height_cm"],
-               "--weight", truth["weight_kg"], "--gender", truth["gender"], "--out", tmp_path / "out")
+               "--weight", truth["weight_kg"], "--gender", truth["gender"], "--weight-source", "scale",
+               "--out", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert "clothing: said regular, read as fitted from the silhouette" in r.stdout
+    assert f"(weighed {truth['weight_kg']:.1f} kg on a scale: held within ~2 %)" in r.stdout
