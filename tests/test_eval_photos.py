@@ -27,13 +27,16 @@ def write(path, text):
 def test_rows_are_read_with_paths_relative_to_the_csv(tmp_path):
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "a.jpg")
-    csv = write(tmp_path / "tape.csv", "photo,height_cm,weight_kg,gender,clothing,chest,hip,customer\n"
-                "photos/a.jpg,170,,Female,,90.5,,c1\n\n")
+    csv = write(tmp_path / "tape.csv", "photo,height_cm,weight_kg,gender,clothing,weight_source,chest,hip,customer\n"
+                "photos/a.jpg,170,,Female,,,90.5,,c1\nphotos/a.jpg,170,61,male,fitted,Scale,91,,c2\n\n")
     rows, tape, ignored = read_rows(csv)
-    assert len(rows) == 1 and rows[0]["line"] == 2
+    assert len(rows) == 2 and rows[0]["line"] == 2
     assert rows[0]["photo"] == tmp_path / "photos" / "a.jpg"
     s = rows[0]["subject"]
-    assert (s.height_cm, s.weight_kg, s.gender, s.clothing) == (170.0, None, "female", "regular")
+    assert (s.height_cm, s.weight_kg, s.gender, s.clothing, s.weight_source) == (170.0, None, "female", "regular",
+                                                                                "reported")
+    s = rows[1]["subject"]
+    assert (s.weight_kg, s.clothing, s.weight_source) == (61.0, "fitted", "scale")
     assert rows[0]["tape"] == {"chest": 90.5}  # a blank cell is "not measured"
     assert tape == ["chest", "hip"] and ignored == ["customer"]
 
@@ -50,6 +53,9 @@ def test_rows_are_read_with_paths_relative_to_the_csv(tmp_path):
     ("photo,height_cm,gender,chest\nok.jpg,170,male,\n", "line 2: no tape measurement"),
     ("photo,height_cm,gender,chest\nok.jpg,170,male,-3\n", "not positive"),
     ("photo,height_cm,gender,clothing,chest\nok.jpg,170,male,suit,90\n", "clothing 'suit'"),
+    ("photo,height_cm,gender,weight_source,chest\nok.jpg,170,male,guess,90\n", "line 2: weight_source 'guess'"),
+    ("photo,height_cm,gender,weight_source,chest\nok.jpg,170,male,scale,90\n",
+     "line 2: weight source 'scale' needs a weight"),
 ])
 def test_a_bad_csv_is_refused_with_what_is_wrong(tmp_path, text, said):
     Image.new("RGB", (8, 8)).save(tmp_path / "ok.jpg")

@@ -2,7 +2,8 @@
 
 Our eval sets are renders of the body model the fit uses; a studio's trust comes from its own
 customers. A CSV names each photo with what the studio typed (height, weight, gender, clothing
-and, optionally, ``weight_source``: ``scale`` where the person was weighed) and what its tape said (any of the measurement names, cm; a blank cell is "not measured"):
+and, optionally, ``weight_source``: ``scale`` where the person was weighed) and what its tape said
+(any of the measurement names, cm; a blank cell is "not measured"):
 
     photo,height_cm,weight_kg,gender,clothing,chest,waist,hip
     anna.jpg,168,61,female,regular,91,72,99
@@ -74,7 +75,8 @@ def read_rows(csv_path: Path) -> tuple[list[dict], list[str], list[str]]:
                 raise InputError(f"clothing {cell.get('clothing')!r} is not one of {', '.join(CLOTHING)}")
             source = (cell.get("weight_source") or "reported").lower()
             if source not in WEIGHT_SOURCES:
-                raise InputError(f"weight_source {cell.get('weight_source')!r} is not one of {', '.join(WEIGHT_SOURCES)}")
+                raise InputError(f"weight_source {cell.get('weight_source')!r} is not one of "
+                                 f"{', '.join(WEIGHT_SOURCES)}")
             weight = _number(cell.get("weight_kg", ""), "weight_kg", optional=True)
             subject = Subject(_number(cell["height_cm"], "height_cm"), gender, weight, clothing, source).validate()
             tape = {m: _number(cell.get(m, ""), m, optional=True) for m in tape_cols}
