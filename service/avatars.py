@@ -26,8 +26,6 @@ PHOTO_TYPE_MESSAGE = "upload a JPEG, PNG or WebP photo"
 PHOTO_SIZE_MESSAGE = "the photo is over the {limit} byte limit"
 MEASUREMENT_RANGE_CM = (1.0, 400.0)
 MEASUREMENT_MESSAGE = "{name}: {value} cm is outside {lo:.0f}-{hi:.0f} cm"
-# Subject.validate's message for a scale weight without a weight (the page shows it before sending)
-SCALE_NEEDS_WEIGHT_MESSAGE = "weight source 'scale' needs a weight"
 PASSPORT_LIST_LIMIT = 50
 
 

@@ -35,11 +35,11 @@ async def run_checks() -> list[Check]:
 
 
 def _weights() -> Check:
-    from inference.weights import PERSON_WEIGHTS, POSE_WEIGHTS, check, default_weights_dir
+    from inference.weights import OFFLINE_WEIGHTS, check, default_weights_dir
 
     wdir = default_weights_dir()
     rows = {name: (ok, detail) for name, ok, detail in check(wdir)}
-    found = [(name, *rows.get(name, (False, "missing"))) for name in (POSE_WEIGHTS.name, PERSON_WEIGHTS.name)]
+    found = [(name, *rows.get(name, (False, "missing"))) for name in (wf.name for wf in OFFLINE_WEIGHTS)]
     ok = all(good for _, good, _ in found)
     return Check("weights", ok, f"{wdir}: " + "; ".join(f"{name} {detail}" for name, _, detail in found),
                  "" if ok else "avatar weights fetch")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inference.types import (CLOTHING, GENDERS, HEIGHT_MESSAGE, HEIGHT_RANGE_CM, MEASUREMENTS, WEIGHT_MESSAGE,
-                             WEIGHT_RANGE_KG, WEIGHT_SOURCES)
+from inference.types import (CLOTHING, GENDERS, HEIGHT_MESSAGE, HEIGHT_RANGE_CM, MEASUREMENTS,
+                             SCALE_WEIGHT_MESSAGE, WEIGHT_MESSAGE, WEIGHT_RANGE_KG, WEIGHT_SOURCES)
 from service import avatars
 from service.schemas import USER_ID, LimitsOut, RangeOut
 from service.settings import Settings
@@ -25,7 +25,7 @@ def limits(settings: Settings) -> LimitsOut:
         height_cm=_range(HEIGHT_RANGE_CM, HEIGHT_MESSAGE),
         weight_kg=_range(WEIGHT_RANGE_KG, WEIGHT_MESSAGE),
         genders=list(GENDERS), clothing=list(CLOTHING), weight_sources=list(WEIGHT_SOURCES),
-        weight_source_message=avatars.SCALE_NEEDS_WEIGHT_MESSAGE, user_id_pattern=USER_ID,
+        weight_source_message=SCALE_WEIGHT_MESSAGE, user_id_pattern=USER_ID,
         user_id_message=USER_ID_MESSAGE,
         photo_types=list(avatars.PHOTO_TYPES), photo_max_bytes=settings.max_upload_bytes,
         photo_type_message=avatars.PHOTO_TYPE_MESSAGE,

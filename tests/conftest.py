@@ -31,10 +31,10 @@ def zidane_jpg() -> Path:
 
 @pytest.fixture(scope="session")
 def weights_dir() -> Path:
-    from inference.weights import PERSON_WEIGHTS, POSE_WEIGHTS, default_weights_dir
+    from inference.weights import OFFLINE_WEIGHTS, default_weights_dir
 
     wdir = default_weights_dir()
-    if not all((wdir / wf.name).is_file() for wf in (POSE_WEIGHTS, PERSON_WEIGHTS)):
+    if not all((wdir / wf.name).is_file() for wf in OFFLINE_WEIGHTS):
         pytest.fail(f"weights missing in {wdir}: run `avatar weights fetch` first")
     return wdir
 
