@@ -226,3 +226,17 @@ def test_ridge_keeps_a_constant_column_finite_once_written():
     model, _ = fit_ridge(X, Y)
     again = RidgeModel.from_json(json.loads(json.dumps(_rounded(model.to_json()))))
     assert np.all(np.isfinite(again.predict(X))) and np.abs(again.predict(X) - Y).max() < 0.5
+
+
+def test_train_prior_gives_each_gender_the_same_share_of_inputs_off():
+    """The generator alternates the genders case by case; the training inputs must not follow
+    them (until session 23 every man got the true inputs and every woman the inputs off)."""
+    from collections import Counter
+
+    from inference.eval.generate import GENDERS
+    from inference.eval.train_prior import typed_exactly
+
+    n = 64
+    counts = Counter((GENDERS[i % 2], typed_exactly(i)) for i in range(n))
+    for gender in GENDERS:
+        assert counts[(gender, True)] == 3 * counts[(gender, False)] == 3 * n // 8
