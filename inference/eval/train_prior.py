@@ -47,7 +47,7 @@ def typed_exactly(index: int) -> bool:
     (every woman) the inputs off: the men's model trusted a typed weight as if it were exact and
     the women's discounted even an exact one. On the dev sets (README, session 23) half and half
     gave the inputs off 10-15 % smaller errors but the exact ones larger, every case true the
-    exact ones 7-12 % smaller but the inputs off 20 % larger; three in four gained on both."""
+    exact ones 5-12 % smaller but the inputs off 17-23 % larger; three in four gained on both."""
     return (index // 2) % 4 != 3
 
 
