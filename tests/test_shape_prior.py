@@ -240,3 +240,16 @@ def test_train_prior_gives_each_gender_the_same_share_of_inputs_off():
     counts = Counter((GENDERS[i % 2], typed_exactly(i)) for i in range(n))
     for gender in GENDERS:
         assert counts[(gender, True)] == 3 * counts[(gender, False)] == 3 * n // 8
+
+
+def test_train_prior_makes_again_the_features_a_case_got_with_other_inputs(tmp_path):
+    from inference.eval.train_prior import cached_for, typed_inputs
+
+    truth = {"height_cm": 170.3, "weight_kg": 64.0, "perturbed_input": {"height_cm": 168.3, "weight_kg": 69.0}}
+    assert typed_inputs(0, truth) is truth and typed_inputs(6, truth) is truth["perturbed_input"]
+    f = tmp_path / "case_006.json"
+    assert not cached_for(f, truth)  # none yet
+    f.write_text(json.dumps([1.703, 0.0, 22.1]))  # made with the true inputs (the rule before session 23)
+    assert cached_for(f, truth) and not cached_for(f, typed_inputs(6, truth))
+    f.write_text(json.dumps(None))  # too few bands: nothing to make again
+    assert cached_for(f, typed_inputs(6, truth))
